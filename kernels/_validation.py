@@ -1,0 +1,101 @@
+"""Input checks shared by every entry point of :mod:`l1pca.kernels`.
+
+One place decides what a valid matrix and valid options are, so that ``solve``, the estimator, the CLI
+and the service all reject the same inputs with the same messages. Every message names the argument,
+the value it got and what was expected.
+
+Precision policy: the solvers compute in float64 whatever the input dtype. Integer, boolean and float32
+inputs are accepted and converted; complex, object and string arrays are refused with ``TypeError``.
+Sign decisions compare sums of many products, and float32 would make near-ties flip between backends.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+METHODS = ("bitflip", "exact", "l2", "fixed-point", "non-greedy")
+BACKENDS = ("auto", "numpy", "jax", "cupy")
+
+
+def check_matrix(X, *, name="X"):
+    """Return ``X`` as a C-contiguous float64 array of shape (n_samples, n_features).
+
+    Raises
+    ------
+    TypeError
+        If ``X`` is not numeric (complex, object, strings).
+    ValueError
+        If ``X`` is not 2-D, is empty, or holds NaN or infinity.
+    """
+    if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith(("jax", "jaxlib")):
+        # Device arrays are brought to the host here; the solvers move them back where they run.
+        X = np.asarray(X.get() if hasattr(X, "get") else X)
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}"
+        )
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features); got {arr.ndim}-D array of shape {arr.shape}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one sample and one feature; got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} must be finite; found {arr[tuple(bad)]} at row {bad[0]}, column {bad[1]}"
+        )
+    # Values near the float64 limit overflow in the Gram matrix; refuse them with a message rather
+    # than return NaN components.
+    peak = float(np.abs(arr).max())
+    if peak > 1e150:
+        raise ValueError(
+            f"{name} has entries of magnitude {peak:.3g}; the solvers need |x| <= 1e150 "
+            "(rescale the data, the components do not change)"
+        )
+    return arr
+
+
+def check_n_components(n_components, n_samples, n_features):
+    """Validate K against the matrix shape: ``1 <= K <= min(n_samples, n_features)``."""
+    if isinstance(n_components, (bool, np.bool_)) or not isinstance(n_components, numbers.Integral):
+        raise TypeError(f"n_components must be an int; got {n_components!r}")
+    limit = min(n_samples, n_features)
+    if not 1 <= n_components <= limit:
+        raise ValueError(
+            f"n_components={n_components} must be in [1, min(n_samples, n_features)={limit}]"
+        )
+    return int(n_components)
+
+
+def check_positive_int(value, name, *, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return int(value)
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def check_random_state(random_state):
+    """Turn ``None``, an int or a Generator into a :class:`numpy.random.Generator`."""
+    if random_state is None or isinstance(random_state, numbers.Integral):
+        if isinstance(random_state, (bool, np.bool_)):
+            raise TypeError(f"random_state must be None, an int or a numpy Generator; got {random_state!r}")
+        if random_state is not None and random_state < 0:
+            raise ValueError(f"random_state={random_state} must be >= 0")
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        # scikit-learn passes RandomState objects around; derive a Generator from it deterministically.
+        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
+    raise TypeError(f"random_state must be None, an int or a numpy Generator; got {random_state!r}")

@@ -1,0 +1,96 @@
+"""Which array backends are usable here, and what ``backend="auto"`` resolves to.
+
+Detection imports CuPy and JAX lazily and caches the answer per process (the hardware does not change
+under a running process). Nothing here runs at import time of :mod:`l1pca.kernels`, so the package
+imports with no CuPy and no GPU.
+
+``"auto"``:
+
+* a usable GPU first: JAX on the GPU for batches (one ``vmap``-ed launch), CuPy for single matrices
+  (no compile per shape), whichever of the two is present otherwise;
+* on the CPU, NumPy for single matrices and small batches (no compile, and the per-flip work is a
+  BLAS call either way), JAX for batches of at least :data:`JAX_MIN_BATCH` equal-bucket matrices,
+  where one compiled ``vmap``-ed loop replaces a Python loop per matrix. The threshold comes from
+  ``bench/solver_speed.py`` (see ``bench/results/solver_speed.md``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+JAX_MIN_BATCH = 16
+"""Smallest batch (per shape bucket) sent to JAX on the CPU by ``backend="auto"``."""
+
+FORCE_CPU_ENV = "L1PCA_FORCE_CPU"
+"""Set to 1 to ignore any GPU (the service's CPU fallback and tests use it)."""
+
+
+def _force_cpu() -> bool:
+    return os.environ.get(FORCE_CPU_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+@functools.lru_cache(maxsize=None)
+def cupy_usable() -> bool:
+    """CuPy imports, sees a CUDA device, and can run a kernel on it."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False
+        return float(cupy.arange(4, dtype=cupy.float64).sum()) == 6.0
+    except Exception:  # ImportError, CUDARuntimeError, missing driver libraries, ...
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def jax_gpu_usable() -> bool:
+    """JAX has a GPU backend with at least one device."""
+    try:
+        import jax
+
+        return len(jax.devices("gpu")) > 0
+    except Exception:  # RuntimeError: no GPU backend
+        return False
+
+
+def gpu_backends() -> tuple[str, ...]:
+    """The GPU backends usable now, best first; empty when forced to the CPU."""
+    if _force_cpu():
+        return ()
+    return tuple(name for name, ok in (("jax", jax_gpu_usable()), ("cupy", cupy_usable())) if ok)
+
+
+def device_description() -> str:
+    """A short human description of where the GPU backends would run, for logs and metrics."""
+    if "cupy" in gpu_backends():
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    if "jax" in gpu_backends():
+        import jax
+
+        return str(jax.devices("gpu")[0].device_kind)
+    return "cpu"
+
+
+def resolve(backend: str, method: str, batch_size: int = 1) -> str:
+    """The backend that will run ``method`` for a bucket of ``batch_size`` equal-shaped problems."""
+    if method != "bitflip":
+        if backend not in ("auto", "numpy"):
+            raise ValueError(
+                f"backend={backend!r}: method={method!r} runs on the 'numpy' backend only "
+                "(use backend='auto' or 'numpy')"
+            )
+        return "numpy"
+    if backend == "cupy" and not cupy_usable():
+        raise ValueError("backend='cupy' needs CuPy and a CUDA GPU; none is usable here (use 'auto')")
+    if backend != "auto":
+        return backend
+    gpus = gpu_backends()
+    if gpus:
+        if batch_size > 1 and "jax" in gpus:
+            return "jax"
+        return "cupy" if "cupy" in gpus else "jax"
+    return "jax" if batch_size >= JAX_MIN_BATCH else "numpy"

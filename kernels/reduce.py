@@ -1,0 +1,66 @@
+"""Rank reduction: replace the data by a small matrix with the same L1-PCA search problem.
+
+Every search over sign matrices B only sees X through ``||X B||_*``, which depends on X only through
+the N x N Gram matrix ``X X^T`` (rows = samples here). Any d x N matrix Y with ``Y^T Y = X X^T`` gives
+the same objective for every B, so the searches run on Y:
+
+* N >= D: ``Y = (X U)^T`` with U the eigenvectors of the D x D matrix ``X^T X`` (rows of Y are
+  ``s_i v_i^T``). U is square and orthogonal, so this is exact whatever the rank; no N x N matrix.
+* N <  D: ``Y = sqrt(L) V^T`` from the eigendecomposition ``X X^T = V L V^T`` (N x N). Building Y from
+  the feature-side factor in this case is one of the public-code bugs the brief lists.
+
+Rows of Y are ordered by decreasing singular value, so ``Y[0]`` is ``s_1 v_1^T``: its sign is the
+L2-PCA start of L1-BF. The functions take ``xp`` (numpy, cupy or jax.numpy) so all backends share them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def reduce_rank(X, xp=np):
+    """Return Y, d x N with ``d = min(N, D)``, such that ``Y^T Y = X X^T``.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features), float64
+    xp : array namespace (numpy, cupy or jax.numpy)
+
+    Returns
+    -------
+    Y : array of shape (min(n_samples, n_features), n_samples)
+        Rows ordered by decreasing singular value.
+    """
+    n, D = X.shape
+    if n >= D:
+        evals, evecs = xp.linalg.eigh(X.T @ X)
+        Y = (X @ evecs[:, ::-1]).T
+    else:
+        evals, evecs = xp.linalg.eigh(X @ X.T)
+        evals = xp.clip(evals[::-1], 0.0, None)
+        Y = xp.sqrt(evals)[:, None] * evecs[:, ::-1].T
+    return Y
+
+
+def l2_start(Y, xp=np):
+    """Sign of the dominant right singular vector of X (first row of Y), zeros mapped to +1."""
+    return sign(Y[0], xp)
+
+
+def sign(a, xp=np):
+    """``sgn`` with ``sgn(0) = +1``: a sign matrix must have entries +-1 only."""
+    return xp.where(a >= 0, 1.0, -1.0)
+
+
+def procrustes(M, xp=np):
+    """Closest matrix with orthonormal columns to M (D x K): ``U V^T`` from the thin SVD of M.
+
+    With ``M = X^T B`` this is the optimal Q for the sign matrix B, and ``||X Q||_1 >= ||X B||_*``.
+    """
+    U, _, Vt = xp.linalg.svd(M, full_matrices=False)
+    return U @ Vt
+
+
+def nuclear_norm(A, xp=np):
+    """Sum of singular values of A (d x K), through the K x K Gram matrix (K is small)."""
+    w = xp.linalg.eigvalsh(A.T @ A)
+    return xp.sqrt(xp.clip(w, 0.0, None)).sum()

@@ -1,0 +1,280 @@
+"""``solve`` and ``solve_batch``: validation, dispatch to one function per method, and the shared
+post-processing (Procrustes step, deterministic signs and order, the L1 objective).
+
+Layers, as in scikit-learn: options are checked here once, the numerical cores in ``bitflip``,
+``bitflip_jax``, ``exact`` and ``baselines`` never parse options, and every method's answer goes
+through :func:`_finish` so all report the same quantities the same way.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import backends
+from ._validation import (
+    METHODS,
+    BACKENDS,
+    check_choice,
+    check_matrix,
+    check_n_components,
+    check_positive_int,
+    check_random_state,
+)
+from .baselines import fixed_point_greedy, fixed_point_nongreedy, l2_pca
+from .bitflip import DEFAULT_TOL, bitflip_search, default_max_flips
+from .exact import MAX_CANDIDATES, exact_search
+from .reduce import l2_start, procrustes, reduce_rank, sign
+
+DEFAULT_N_INIT = 4
+"""Starts of L1-BF: the L2-PCA start and three random ones (``bench/optimality.py`` shows why)."""
+
+MIN_BUCKET = 8
+"""Smallest padded size of a shape bucket (rows and columns) on the batched JAX path."""
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """What a solver returns.
+
+    Attributes
+    ----------
+    components : ndarray (n_features, K)
+        Orthonormal columns, ordered by decreasing ``||X q_k||_1``; each column's largest-magnitude
+        entry is positive (so answers do not depend on the backend's eigenvector signs).
+    signs : ndarray (n_samples, K) of int8, entries +-1
+        The sign matrix the search ended on (for ``l2`` and the fixed-point baselines, ``sgn(X Q)``),
+        permuted and negated consistently with ``components``.
+    objective : float
+        ``||X @ components||_1``, the L1-PC metric.
+    backend : str
+        What ran: ``"numpy"``, ``"jax"`` or ``"cupy"``.
+    method : str
+    n_flips : int
+        Bit flips over all starts (``bitflip`` only).
+    n_iter : int
+        Fixed-point iterations (baselines only).
+    converged : bool
+        False when an iteration cap stopped the best start before a local optimum.
+    """
+
+    components: np.ndarray
+    signs: np.ndarray
+    objective: float
+    backend: str
+    method: str
+    n_flips: int = 0
+    n_iter: int = 0
+    converged: bool = True
+
+
+def bucket_shape(n_samples, n_features):
+    """Padded shape for the batched path: each side rounded up to a power of two (>= MIN_BUCKET)."""
+    up = lambda v: max(MIN_BUCKET, 1 << (int(v) - 1).bit_length())  # noqa: E731
+    return up(n_samples), up(n_features)
+
+
+def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
+          random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True,
+          max_candidates=MAX_CANDIDATES):
+    """L1-norm principal components of X: ``argmax ||X Q||_1`` over Q with orthonormal columns.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Data, used as given (no centring). Any real dtype; computed in float64.
+    n_components : int, default=1
+        K, between 1 and ``min(n_samples, n_features)``.
+    method : {"bitflip", "exact", "l2", "fixed-point", "non-greedy"}, default="bitflip"
+        ``bitflip``: L1-BF (Markopoulos et al. 2017). ``exact``: optimal by enumeration, for small
+        problems (see :mod:`l1pca.kernels.exact`). ``l2``: SVD. ``fixed-point``: Kwak 2008, greedy.
+        ``non-greedy``: Nie et al. 2011.
+    n_init : int, default=4
+        L1-BF starts: the L2-PCA sign start, then ``sgn(X g)`` for Gaussian g; the best is kept.
+    backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
+        Where L1-BF runs; the other methods run on NumPy.
+    random_state : None, int or numpy.random.Generator
+        Seeds the random starts.
+    max_flips : int, optional
+        Flip cap per start (default ``20 N K + 1000``); ``converged`` reports when it was hit.
+    tol : float, default=1e-9
+        A flip must raise ``||X B||_*`` by more than ``tol`` times its value.
+    warm_start : bool, default=True
+        Run fixed-point iterations from each start before flipping. The end point is still a
+        single-flip local optimum; it only saves flips.
+    max_candidates : int, default=5_000_000
+        ``exact`` refuses problems that need more sign-matrix evaluations.
+
+    Returns
+    -------
+    SolveResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from l1pca.kernels import solve
+    >>> X = np.array([[2.0, 0.1], [1.0, -0.2], [-3.0, 0.0], [0.0, 5.0]])
+    >>> res = solve(X, n_components=1, method="exact")
+    >>> res.components.shape, round(res.objective, 3)
+    ((2, 1), 6.955)
+    """
+    return _solve_many([X], n_components, method=method, n_init=n_init, backend=backend,
+                       random_state=random_state, max_flips=max_flips, tol=tol,
+                       warm_start=warm_start, max_candidates=max_candidates, names=["X"])[0]
+
+
+def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
+                random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True,
+                max_candidates=MAX_CANDIDATES):
+    """:func:`solve` for many matrices at once; shapes may differ. One result per matrix, in order.
+
+    Equal-bucket matrices (see :func:`bucket_shape`) run as one batched call on JAX; zero padding
+    leaves every objective and solution unchanged and is cut from the results.
+
+    ``random_state``: an int seeds every matrix alike, so ``solve_batch(Xs, random_state=s)[i]``
+    equals ``solve(Xs[i], random_state=s)``; a sequence gives one seed per matrix; a Generator is
+    drawn from in order.
+    """
+    Xs = list(Xs)
+    return _solve_many(Xs, n_components, method=method, n_init=n_init, backend=backend,
+                       random_state=random_state, max_flips=max_flips, tol=tol,
+                       warm_start=warm_start, max_candidates=max_candidates,
+                       names=[f"Xs[{i}]" for i in range(len(Xs))])
+
+
+def _check_options(method, n_init, backend, max_flips, tol, max_candidates):
+    check_choice(method, "method", METHODS)
+    check_choice(backend, "backend", BACKENDS)
+    check_positive_int(n_init, "n_init")
+    check_positive_int(max_candidates, "max_candidates")
+    if max_flips is not None:
+        check_positive_int(max_flips, "max_flips", minimum=0)
+    if not isinstance(tol, numbers.Real) or not (0.0 <= tol < 1.0) or math.isnan(tol):
+        raise ValueError(f"tol={tol!r} must be a float in [0, 1)")
+
+
+def _rngs(random_state, count):
+    if isinstance(random_state, (list, tuple)):
+        if len(random_state) != count:
+            raise ValueError(
+                f"random_state has {len(random_state)} seeds for {count} matrices; give one per matrix"
+            )
+        return [check_random_state(r) for r in random_state]
+    if isinstance(random_state, np.random.Generator):
+        return [random_state] * count
+    return [check_random_state(random_state) for _ in range(count)]
+
+
+def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_flips, tol,
+                warm_start, max_candidates, names):
+    _check_options(method, n_init, backend, max_flips, tol, max_candidates)
+    mats = [check_matrix(X, name=name) for X, name in zip(Xs, names)]
+    for X in mats:
+        check_n_components(n_components, *X.shape)
+    K = int(n_components)
+    if not mats:
+        return []
+    if method != "bitflip":
+        backends.resolve(backend, method)  # rejects e.g. backend="jax" with method="exact"
+        run = {"exact": _run_exact, "l2": _run_l2, "fixed-point": _run_greedy,
+               "non-greedy": _run_nongreedy}[method]
+        return [run(X, K, max_candidates=max_candidates) for X in mats]
+
+    rngs = _rngs(random_state, len(mats))
+    draws = [rng.standard_normal((n_init - 1, X.shape[1], K)) for rng, X in zip(rngs, mats)]
+    results: list[SolveResult | None] = [None] * len(mats)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, X in enumerate(mats):
+        buckets.setdefault(bucket_shape(*X.shape), []).append(i)
+    for shape, idx in buckets.items():
+        name = backends.resolve(backend, method, batch_size=len(idx))
+        if name == "jax":
+            outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K,
+                                max_flips, tol, warm_start)
+        else:
+            outs = [_bitflip_host(mats[i], draws[i], K, max_flips, tol, warm_start, name) for i in idx]
+        for i, (B, flips, conv) in zip(idx, outs):
+            Q = procrustes(mats[i].T @ B)
+            results[i] = _finish(mats[i], Q, B, name, "bitflip", n_flips=flips, converged=conv)
+    return results
+
+
+def _bitflip_host(X, G, K, max_flips, tol, warm_start, name):
+    """NumPy reference, or the same body on CuPy arrays."""
+    if name == "cupy":
+        import cupy as xp
+    else:
+        xp = np
+    Xd = xp.asarray(X)
+    Y = reduce_rank(Xd, xp)
+    starts = [xp.repeat(l2_start(Y, xp)[:, None], K, axis=1)]
+    starts += [sign(Xd @ xp.asarray(g), xp) for g in G]
+    best, flips = None, 0
+    for B0 in starts:
+        res = bitflip_search(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start, xp=xp)
+        flips += res.n_flips
+        if best is None or res.value > best.value:
+            best = res
+    B = best.signs.get() if name == "cupy" else best.signs
+    return np.asarray(B), flips, best.converged
+
+
+def _bitflip_jax(mats, draws, shape, K, max_flips, tol, warm_start):
+    from .bitflip_jax import solve_bucket
+
+    Np, Dp = shape
+    X = np.zeros((len(mats), Np, Dp))
+    G = np.zeros((len(mats), draws[0].shape[0], Dp, K))
+    for j, (Xi, Gi) in enumerate(zip(mats, draws)):
+        X[j, :Xi.shape[0], :Xi.shape[1]] = Xi
+        G[j, :, :Xi.shape[1]] = Gi
+    cap = max_flips if max_flips is not None else max(default_max_flips(Xi.shape[0], K) for Xi in mats)
+    B, _, flips, conv = solve_bucket(X, G, max_flips=cap, tol=tol, warm_start=warm_start)
+    return [(B[j, :Xi.shape[0]], int(flips[j]), bool(conv[j])) for j, Xi in enumerate(mats)]
+
+
+def _run_exact(X, K, *, max_candidates):
+    B, _, _ = exact_search(reduce_rank(X), K, max_candidates=max_candidates)
+    return _finish(X, procrustes(X.T @ B), B, "numpy", "exact")
+
+
+def _run_l2(X, K, **_):
+    Q, it, conv = l2_pca(X, K)
+    return _finish(X, Q, None, "numpy", "l2", n_iter=it, converged=conv)
+
+
+def _run_greedy(X, K, **_):
+    Q, it, conv = fixed_point_greedy(X, K)
+    return _finish(X, Q, None, "numpy", "fixed-point", n_iter=it, converged=conv)
+
+
+def _run_nongreedy(X, K, **_):
+    Q, it, conv = fixed_point_nongreedy(X, K)
+    return _finish(X, Q, None, "numpy", "non-greedy", n_iter=it, converged=conv)
+
+
+def _finish(X, Q, B, backend, method, *, n_flips=0, n_iter=0, converged=True):
+    """Deterministic order and signs, the objective, and the result record."""
+    proj = X @ Q
+    if B is None:
+        B = sign(proj)
+    # Column order and signs are arbitrary for the problem (B's columns may be permuted and negated);
+    # fix them so that every backend and every start returns the same answer for the same optimum.
+    order = np.argsort(-np.abs(proj).sum(axis=0), kind="stable")
+    Q, B, proj = Q[:, order], B[:, order], proj[:, order]
+    peak = np.abs(Q).argmax(axis=0)
+    flip = np.where(Q[peak, np.arange(Q.shape[1])] < 0, -1.0, 1.0)
+    Q = Q * flip
+    return SolveResult(
+        components=np.ascontiguousarray(Q),
+        signs=(B * flip).astype(np.int8),
+        objective=float(np.abs(proj).sum()),
+        backend=backend,
+        method=method,
+        n_flips=int(n_flips),
+        n_iter=int(n_iter),
+        converged=bool(converged),
+    )
