@@ -1,0 +1,170 @@
+"""``L1PCA``: scikit-learn estimator for L1-norm PCA and subspace-distance outlier detection."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._validation import METHODS, BACKENDS, check_choice, check_n_components, check_positive_int
+from .bitflip import DEFAULT_TOL
+from .scoring import center_of, check_contamination, residuals, robust_threshold, sample_scores
+from .solve import DEFAULT_N_INIT, solve
+
+
+class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
+    """L1-norm principal component analysis with outlier scores.
+
+    Finds the orthonormal basis Q maximising ``||(X - c) Q||_1`` (L1-BF by default), which a few
+    corrupted samples cannot rotate the way they rotate ordinary PCA. Samples far from the fitted
+    subspace score high; the per-entry residuals name the measurement that is off.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of components K, ``1 <= K <= min(n_samples, n_features)``.
+    method : {"bitflip", "exact", "l2", "fixed-point", "non-greedy"}, default="bitflip"
+        Solver; see :func:`l1pca.kernels.solve`.
+    center : {"median", "mean"} or None, default="median"
+        Centre subtracted before the fit. The coordinate-wise median is robust to outliers.
+    n_init : int, default=4
+        L1-BF starts (the L2-PCA start, then random ones).
+    backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
+    random_state : None, int or numpy.random.Generator, default=None
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Threshold rule: "auto" is median + ``n_mad`` robust standard deviations of the training
+        scores; a float is the fraction of training samples expected to be outliers.
+    n_mad : float, default=3.0
+        Width of the "auto" threshold.
+    max_flips : int, optional
+    tol : float, default=1e-9
+    warm_start : bool, default=True
+        Fixed-point iterations before flipping (see :func:`l1pca.kernels.solve`).
+
+    Attributes
+    ----------
+    components_ : ndarray (n_components, n_features)
+        L1 principal axes (rows), as scikit-learn's PCA lays them out.
+    center_ : ndarray (n_features,)
+    objective_ : float
+        ``||(X - center_) components_.T||_1`` on the training data.
+    threshold_ : float
+        Outlier threshold on :meth:`score_samples`.
+    offset_ : float
+        Equal to ``threshold_`` (scikit-learn's name for it); ``decision_function = offset_ - score``.
+    training_scores_ : ndarray (n_samples,)
+    n_features_in_ : int
+    n_flips_ : int
+    backend_ : str
+        The backend that ran the fit.
+    converged_ : bool
+
+    See Also
+    --------
+    l1pca.kernels.solve : the functional API.
+    sklearn.decomposition.PCA : L2 PCA.
+
+    References
+    ----------
+    P. P. Markopoulos, S. Kundu, S. Chamadia, D. A. Pados, "Efficient L1-norm principal-component
+    analysis via bit flipping", IEEE Trans. Signal Processing 65(16), 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from l1pca.kernels import L1PCA
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 1)) @ [[3.0, 1.0, 0.5]] + 0.05 * rng.normal(size=(200, 3))
+    >>> X[:5] = [40.0, -40.0, 40.0]            # five corrupted samples
+    >>> est = L1PCA(n_components=1, random_state=0).fit(X)
+    >>> est.components_.shape
+    (1, 3)
+    >>> bool(np.all(est.predict(X[:5]) == -1)), float(np.mean(est.predict(X[5:]) == 1)) > 0.9
+    (True, True)
+    """
+
+    _parameter_constraints = {}  # validated in fit by the shared checks of l1pca.kernels
+
+    def __init__(self, n_components=1, *, method="bitflip", center="median", n_init=DEFAULT_N_INIT,
+                 backend="auto", random_state=None, contamination="auto", n_mad=3.0,
+                 max_flips=None, tol=DEFAULT_TOL, warm_start=True):
+        self.n_components = n_components
+        self.method = method
+        self.center = center
+        self.n_init = n_init
+        self.backend = backend
+        self.random_state = random_state
+        self.contamination = contamination
+        self.n_mad = n_mad
+        self.max_flips = max_flips
+        self.tol = tol
+        self.warm_start = warm_start
+
+    def fit(self, X, y=None):
+        """Fit the L1 subspace and the outlier threshold. ``y`` is ignored."""
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1, reset=True)
+        check_choice(self.method, "method", METHODS)
+        check_choice(self.backend, "backend", BACKENDS)
+        check_choice(self.center, "center", ("median", "mean", None))
+        check_positive_int(self.n_init, "n_init")
+        check_contamination(self.contamination)
+        check_n_components(self.n_components, *X.shape)
+        center = center_of(X, self.center)
+        res = solve(X - center, self.n_components, method=self.method, n_init=self.n_init,
+                    backend=self.backend, random_state=self.random_state,
+                    max_flips=self.max_flips, tol=self.tol, warm_start=self.warm_start)
+        scores = sample_scores(residuals(X, center, res.components))
+        self.center_ = center
+        self.components_ = res.components.T.copy()
+        self.objective_ = res.objective
+        self.n_flips_ = res.n_flips
+        self.backend_ = res.backend
+        self.converged_ = res.converged
+        self.training_scores_ = scores
+        self.threshold_ = robust_threshold(scores, contamination=self.contamination, n_mad=self.n_mad)
+        self.offset_ = self.threshold_
+        return self
+
+    def _validated(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, dtype=np.float64, reset=False)
+
+    def transform(self, X):
+        """Coordinates in the L1 subspace: ``(X - center_) @ components_.T``."""
+        X = self._validated(X)
+        return (X - self.center_) @ self.components_.T
+
+    def inverse_transform(self, X):
+        """Back to feature space: ``X @ components_ + center_``."""
+        check_is_fitted(self)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.components_.shape[0]:
+            raise ValueError(
+                f"X must have shape (n_samples, {self.components_.shape[0]}); got {X.shape}"
+            )
+        return X @ self.components_ + self.center_
+
+    def residuals(self, X):
+        """Signed per-entry residuals ``(x - c) - Q Q^T (x - c)``, shape (n_samples, n_features)."""
+        return residuals(self._validated(X), self.center_, self.components_.T)
+
+    def score_entries(self, X):
+        """Per-entry outlier scores ``|residual|``: the largest in a row names the faulty feature."""
+        return np.abs(self.residuals(X))
+
+    def score_samples(self, X):
+        """Distance of each sample from the L1 subspace (higher = more outlying)."""
+        return sample_scores(self.residuals(X))
+
+    def decision_function(self, X):
+        """``threshold_ - score_samples(X)``: negative for outliers, as scikit-learn's detectors."""
+        check_is_fitted(self)
+        return self.offset_ - self.score_samples(X)
+
+    def predict(self, X):
+        """+1 for inliers, -1 for outliers."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags

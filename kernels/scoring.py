@@ -1,0 +1,75 @@
+"""Outlier scores from a fitted L1 subspace, and robust thresholds for them.
+
+With centre c and orthonormal basis Q (n_features x K), a sample's residual is
+``r = (x - c) - Q Q^T (x - c)``. ``||r||_2`` scores the sample (distance from the subspace); ``|r_j|``
+scores entry j of it, so the largest one points at the sensor that is off.
+
+Thresholds never use the mean and standard deviation of data that contain the outliers:
+
+* ``contamination="auto"``: ``median + n_mad * 1.4826 * MAD`` of the training scores (1.4826 makes the
+  MAD a consistent estimate of the standard deviation for Gaussian scores);
+* ``contamination=p`` in (0, 0.5]: the ``1 - p`` quantile of the training scores.
+
+These are the functions the estimator, the client's local ``Model`` and the service all call.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+MAD_SCALE = 1.4826
+
+
+def center_of(X, center):
+    """The centre a fit subtracts: coordinate-wise median, mean, or zeros."""
+    if center == "median":
+        return np.median(X, axis=0)
+    if center == "mean":
+        return X.mean(axis=0)
+    if center is None or center == "none":
+        return np.zeros(X.shape[1])
+    raise ValueError(f"center={center!r} is not one of 'median', 'mean', None")
+
+
+def residuals(X, center, components):
+    """Signed residuals ``(x - c) - Q Q^T (x - c)`` per entry; ``components`` is (n_features, K)."""
+    Xc = X - center
+    return Xc - (Xc @ components) @ components.T
+
+
+def sample_scores(R):
+    """Distance of each sample from the subspace: the row norms of the residual matrix."""
+    return np.sqrt((R * R).sum(axis=1))
+
+
+def check_contamination(contamination):
+    if contamination == "auto":
+        return contamination
+    if (isinstance(contamination, numbers.Real) and not isinstance(contamination, bool)
+            and 0.0 < contamination <= 0.5):
+        return float(contamination)
+    raise ValueError(f"contamination={contamination!r} must be 'auto' or a float in (0, 0.5]")
+
+
+def robust_threshold(scores, *, contamination="auto", n_mad=3.0):
+    """Score above which a sample is called an outlier.
+
+    Parameters
+    ----------
+    scores : ndarray (n_samples,)
+        Training scores (:func:`sample_scores`).
+    contamination : "auto" or float in (0, 0.5]
+        "auto": median + ``n_mad`` scaled MADs; a float: that upper quantile of the scores.
+    n_mad : float
+        Width of the "auto" rule in robust standard deviations.
+    """
+    contamination = check_contamination(contamination)
+    if not (isinstance(n_mad, numbers.Real) and n_mad > 0):
+        raise ValueError(f"n_mad={n_mad!r} must be a positive number")
+    scores = np.asarray(scores, dtype=np.float64)
+    if contamination == "auto":
+        med = float(np.median(scores))
+        mad = float(np.median(np.abs(scores - med)))
+        return med + n_mad * MAD_SCALE * mad
+    return float(np.quantile(scores, 1.0 - contamination))
