@@ -1,0 +1,13 @@
+"""l1pca.client: the Python client of the l1pca service, the ``Model`` it returns, and the CLI."""
+from .model import Model
+
+__all__ = ["Model", "Client", "ClientError"]
+
+
+def __getattr__(name):
+    # The gRPC client pulls in grpcio; import it on first use so Model works without it.
+    if name in ("Client", "ClientError"):
+        from . import grpc_client
+
+        return getattr(grpc_client, name)
+    raise AttributeError(f"module 'l1pca.client' has no attribute {name!r}")

@@ -99,8 +99,11 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         self.tol = tol
         self.warm_start = warm_start
 
-    def fit(self, X, y=None):
-        """Fit the L1 subspace and the outlier threshold. ``y`` is ignored."""
+    def fit(self, X, y=None, *, progress=None):
+        """Fit the L1 subspace and the outlier threshold. ``y`` is ignored.
+
+        ``progress(done, total)``, if given, is called as L1-BF starts finish.
+        """
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1, reset=True)
         check_choice(self.method, "method", METHODS)
         check_choice(self.backend, "backend", BACKENDS)
@@ -111,7 +114,8 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         center = center_of(X, self.center)
         res = solve(X - center, self.n_components, method=self.method, n_init=self.n_init,
                     backend=self.backend, random_state=self.random_state,
-                    max_flips=self.max_flips, tol=self.tol, warm_start=self.warm_start)
+                    max_flips=self.max_flips, tol=self.tol, warm_start=self.warm_start,
+                    progress=progress)
         scores = sample_scores(residuals(X, center, res.components))
         self.center_ = center
         self.components_ = res.components.T.copy()

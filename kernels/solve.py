@@ -79,7 +79,7 @@ def bucket_shape(n_samples, n_features):
 
 def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
           random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True,
-          max_candidates=MAX_CANDIDATES):
+          max_candidates=MAX_CANDIDATES, progress=None):
     """L1-norm principal components of X: ``argmax ||X Q||_1`` over Q with orthonormal columns.
 
     Parameters
@@ -107,6 +107,8 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
         single-flip local optimum; it only saves flips.
     max_candidates : int, default=5_000_000
         ``exact`` refuses problems that need more sign-matrix evaluations.
+    progress : callable, optional
+        ``progress(done, total)`` is called as L1-BF starts finish (the CLI draws its bar with it).
 
     Returns
     -------
@@ -123,12 +125,13 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
     """
     return _solve_many([X], n_components, method=method, n_init=n_init, backend=backend,
                        random_state=random_state, max_flips=max_flips, tol=tol,
-                       warm_start=warm_start, max_candidates=max_candidates, names=["X"])[0]
+                       warm_start=warm_start, max_candidates=max_candidates, names=["X"],
+                       progress=progress)[0]
 
 
 def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
                 random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True,
-                max_candidates=MAX_CANDIDATES):
+                max_candidates=MAX_CANDIDATES, progress=None):
     """:func:`solve` for many matrices at once; shapes may differ. One result per matrix, in order.
 
     Equal-bucket matrices (see :func:`bucket_shape`) run as one batched call on JAX; zero padding
@@ -142,7 +145,7 @@ def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, 
     return _solve_many(Xs, n_components, method=method, n_init=n_init, backend=backend,
                        random_state=random_state, max_flips=max_flips, tol=tol,
                        warm_start=warm_start, max_candidates=max_candidates,
-                       names=[f"Xs[{i}]" for i in range(len(Xs))])
+                       names=[f"Xs[{i}]" for i in range(len(Xs))], progress=progress)
 
 
 def _check_options(method, n_init, backend, max_flips, tol, max_candidates):
@@ -169,7 +172,7 @@ def _rngs(random_state, count):
 
 
 def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_flips, tol,
-                warm_start, max_candidates, names):
+                warm_start, max_candidates, names, progress=None):
     _check_options(method, n_init, backend, max_flips, tol, max_candidates)
     mats = [check_matrix(X, name=name) for X, name in zip(Xs, names)]
     for X in mats:
@@ -189,20 +192,35 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     buckets: dict[tuple[int, int], list[int]] = {}
     for i, X in enumerate(mats):
         buckets.setdefault(bucket_shape(*X.shape), []).append(i)
+    tick = _Ticker(progress, total=len(mats) * n_init)
     for shape, idx in buckets.items():
         name = backends.resolve(backend, method, batch_size=len(idx))
         if name == "jax":
             outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K,
                                 max_flips, tol, warm_start)
+            tick(len(idx) * n_init)
         else:
-            outs = [_bitflip_host(mats[i], draws[i], K, max_flips, tol, warm_start, name) for i in idx]
+            outs = [_bitflip_host(mats[i], draws[i], K, max_flips, tol, warm_start, name, tick)
+                    for i in idx]
         for i, (B, flips, conv) in zip(idx, outs):
             Q = procrustes(mats[i].T @ B)
             results[i] = _finish(mats[i], Q, B, name, "bitflip", n_flips=flips, converged=conv)
     return results
 
 
-def _bitflip_host(X, G, K, max_flips, tol, warm_start, name):
+class _Ticker:
+    """Counts finished starts and reports them to the caller's progress callback, if any."""
+
+    def __init__(self, callback, total):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def __call__(self, n=1):
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _bitflip_host(X, G, K, max_flips, tol, warm_start, name, tick):
     """NumPy reference, or the same body on CuPy arrays."""
     if name == "cupy":
         import cupy as xp
@@ -216,6 +234,7 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, name):
     for B0 in starts:
         res = bitflip_search(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start, xp=xp)
         flips += res.n_flips
+        tick()
         if best is None or res.value > best.value:
             best = res
     B = best.signs.get() if name == "cupy" else best.signs
