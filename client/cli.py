@@ -102,7 +102,7 @@ def _common_arguments(p):
                    help="where L1-BF runs (default auto)")
     p.add_argument("--center", default="median", choices=["median", "mean", "none"],
                    help="centre subtracted before the fit (default median)")
-    p.add_argument("--n-init", type=int, default=None, help="L1-BF starts (default 4)")
+    p.add_argument("--n-init", type=int, default=None, help="L1-BF starts (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--contamination", default="auto",
                    help="outlier threshold rule: 'auto' (median + 3 MAD) or a fraction in (0, 0.5]")

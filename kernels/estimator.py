@@ -26,7 +26,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         Solver; see :func:`l1pca.kernels.solve`.
     center : {"median", "mean"} or None, default="median"
         Centre subtracted before the fit. The coordinate-wise median is robust to outliers.
-    n_init : int, default=4
+    n_init : int, default=8
         L1-BF starts (the L2-PCA start, then random ones).
     backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
     random_state : None, int or numpy.random.Generator, default=None

@@ -122,18 +122,23 @@ def _polynomial_columns(Z):
     return np.unique(cands, axis=0)
 
 
-def _multisets(m, K):
-    """Yield arrays of index K-multisets of range(m) (non-decreasing tuples), in chunks."""
+def _multisets(m, K, start=0):
+    """Yield arrays of non-decreasing index K-tuples over range(start, m), in blocks.
+
+    The last two indices are generated with NumPy (``triu_indices``); only the leading K-2 indices
+    loop in Python, so the Python work is O(m^(K-2)) for O(m^K / K!) tuples.
+    """
     if K == 1:
-        for lo in range(0, m, _CHUNK):
+        for lo in range(start, m, _CHUNK):
             yield np.arange(lo, min(m, lo + _CHUNK))[:, None]
-        return
-    it = itertools.combinations_with_replacement(range(m), K)
-    while True:
-        block = np.fromiter(itertools.chain.from_iterable(itertools.islice(it, _CHUNK)), dtype=np.int64)
-        if block.size == 0:
-            return
-        yield block.reshape(-1, K)
+    elif K == 2:
+        i, j = np.triu_indices(m - start)
+        for lo in range(0, i.size, _CHUNK):
+            yield np.column_stack([i[lo:lo + _CHUNK], j[lo:lo + _CHUNK]]) + start
+    else:
+        for first in range(start, m):
+            for rest in _multisets(m, K - 1, first):
+                yield np.column_stack([np.full(len(rest), first), rest])
 
 
 def exact_search(Y, n_components, *, max_candidates=MAX_CANDIDATES):

@@ -29,8 +29,8 @@ from .bitflip import DEFAULT_TOL, bitflip_search, default_max_flips
 from .exact import MAX_CANDIDATES, exact_search
 from .reduce import l2_start, procrustes, reduce_rank, sign
 
-DEFAULT_N_INIT = 4
-"""Starts of L1-BF: the L2-PCA start and three random ones (``bench/optimality.py`` shows why)."""
+DEFAULT_N_INIT = 8
+"""Starts of L1-BF: the L2-PCA start and seven random ones (``bench/optimality.py`` shows why)."""
 
 MIN_BUCKET = 8
 """Smallest padded size of a shape bucket (rows and columns) on the batched JAX path."""
@@ -92,7 +92,7 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
         ``bitflip``: L1-BF (Markopoulos et al. 2017). ``exact``: optimal by enumeration, for small
         problems (see :mod:`l1pca.kernels.exact`). ``l2``: SVD. ``fixed-point``: Kwak 2008, greedy.
         ``non-greedy``: Nie et al. 2011.
-    n_init : int, default=4
+    n_init : int, default=8
         L1-BF starts: the L2-PCA sign start, then ``sgn(X g)`` for Gaussian g; the best is kept.
     backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
         Where L1-BF runs; the other methods run on NumPy.
