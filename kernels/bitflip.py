@@ -32,8 +32,17 @@ import numpy as np
 from .reduce import sign
 
 DEFAULT_TOL = 1e-9
-"""Relative gain a flip must exceed. Candidate values come from K x K eigenvalues whose square roots
-carry errors near ``sqrt(eps) * ||Y||``; 1e-9 keeps rounding noise from passing as an improvement."""
+"""Relative gain a flip must exceed (rounding noise in the gains is far below it; see EIG_FLOOR)."""
+
+TIE_RTOL = 1e-9
+"""Gains within this fraction of the metric of the best one are ties, broken by the lowest index.
+Without it, candidates that are equal in exact arithmetic (the start copies one column K times) would
+be ordered by rounding noise, which differs between NumPy, JAX and CuPy."""
+
+EIG_FLOOR = 1e-14
+"""Eigenvalues of a K x K Gram below this fraction of its trace are taken as zero. A rank-deficient
+Y B (as at the start) has zero eigenvalues computed as +-1e-16 * trace, whose square roots would add
+noise of 1e-8 relative to the metric; singular values this small contribute below 1e-7 of it."""
 
 
 class SearchResult(NamedTuple):
@@ -56,10 +65,12 @@ def gram_nuclear(M, xp=np):
     if K == 2:
         # s1 + s2 = sqrt(s1^2 + s2^2 + 2 s1 s2) = sqrt(tr M + 2 sqrt(det M)).
         tr = M[..., 0, 0] + M[..., 1, 1]
-        det = xp.clip(M[..., 0, 0] * M[..., 1, 1] - M[..., 0, 1] * M[..., 1, 0], 0.0, None)
+        det = M[..., 0, 0] * M[..., 1, 1] - M[..., 0, 1] * M[..., 1, 0]
+        det = xp.where(det > EIG_FLOOR * tr * tr, det, 0.0)  # lambda_2 < floor * lambda_1
         return xp.sqrt(xp.clip(tr + 2.0 * xp.sqrt(det), 0.0, None))
     w = xp.linalg.eigvalsh(M)
-    return xp.sqrt(xp.clip(w, 0.0, None)).sum(axis=-1)
+    w = xp.where(w > EIG_FLOOR * xp.abs(w).sum(axis=-1, keepdims=True), w, 0.0)
+    return xp.sqrt(w).sum(axis=-1)
 
 
 def candidate_gains(B, P, C, g, xp=np):
@@ -78,6 +89,18 @@ def candidate_gains(B, P, C, g, xp=np):
     ekek = eye[:, :, None] * eye[:, None, :]  # e_k e_k^T, shape (K, K, K)
     M = C + ek_w + xp.swapaxes(ek_w, -1, -2) + 4.0 * g[:, None, None, None] * ekek[None]
     return gram_nuclear(M, xp) - cur
+
+
+def select_flip(gains, cur, xp=np):
+    """Index (into the flattened N x K gains) of the flip to try, and its gain.
+
+    The first index among gains within ``TIE_RTOL * cur`` of the best, so that near-equal candidates
+    are ordered the same way on every backend.
+    """
+    flat = gains.reshape(-1)
+    best = flat.max()
+    j = xp.argmax(flat >= best - TIE_RTOL * cur)
+    return j, flat[j]
 
 
 def _state(Y, B):
@@ -138,11 +161,11 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, x
     # A step either flips a bit or ends a round; a round that ends had at least one flip, so
     # 2 * max_flips + 2 steps bound the loop even if the flip cap were never reached.
     for _ in range(2 * max_flips + 2):
-        gains = xp.where(flipped, -xp.inf, candidate_gains(B, P, C, g, xp))
-        j = int(xp.argmax(gains))
-        n, k = divmod(j, K)
-        best = float(gains[n, k])
         cur = float(gram_nuclear(C, xp))
+        gains = xp.where(flipped, -xp.inf, candidate_gains(B, P, C, g, xp))
+        j, best = select_flip(gains, cur, xp)
+        n, k = divmod(int(j), K)
+        best = float(best)
         if best > tol * cur:
             if n_flips >= max_flips:
                 break

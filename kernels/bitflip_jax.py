@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .bitflip import candidate_gains, gram_nuclear
+from .bitflip import candidate_gains, gram_nuclear, select_flip
 from .reduce import reduce_rank, sign
 
 _FIXED_POINT_MAX_ITER = 100
@@ -74,11 +74,11 @@ def fixed_point(Y, B):
 
 def _flip_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
     N, K = state.B.shape
+    cur = gram_nuclear(state.C, jnp)
     gains = jnp.where(state.flipped, -jnp.inf, candidate_gains(state.B, state.P, state.C, g, jnp))
-    j = jnp.argmax(gains.reshape(-1))
+    j, best = select_flip(gains, cur, jnp)
     n, k = j // K, j % K
-    best = gains.reshape(-1)[j]
-    improve = best > tol * gram_nuclear(state.C, jnp)
+    improve = best > tol * cur
     capped = jnp.logical_and(improve, state.n_flips >= max_flips)
     do_flip = jnp.logical_and(improve, ~capped)
     any_flipped = jnp.any(state.flipped)

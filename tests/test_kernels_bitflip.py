@@ -1,0 +1,190 @@
+"""L1-BF: local optimality, exact-hit rate, agreement of backends, batching and padding."""
+import numpy as np
+import pytest
+
+from l1pca.kernels import bucket_shape, solve, solve_batch
+from l1pca.kernels.bitflip import bitflip_search
+from l1pca.kernels.reduce import l2_start, reduce_rank, sign
+
+
+def nuclear(X, B):
+    return np.linalg.svd(X.T @ B, compute_uv=False).sum()
+
+
+def problems(seed, count):
+    """Small problems of several kinds: Gaussian, heavy-tailed, with outliers; D < N and D >= N."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        N = int(rng.integers(6, 13))
+        D = int(rng.integers(2, 9))
+        K = 1 + i % 3
+        if K > min(N, D) or (K == 3 and N > 9) or (K == 2 and N > 11):
+            K = 1  # keep the exact oracle cheap
+        kind = ("gauss", "heavy", "outliers")[i % 3]
+        if kind == "gauss":
+            X = rng.standard_normal((N, D))
+        elif kind == "heavy":
+            X = rng.standard_t(1.5, (N, D))
+        else:
+            X = rng.standard_normal((N, 1)) @ rng.standard_normal((1, D)) + 0.2 * rng.standard_normal((N, D))
+            X[: max(1, N // 5)] *= 15.0
+        out.append((X, K))
+    return out
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(12, 4), (5, 9)])
+def test_end_point_is_single_flip_local_optimum(K, shape):
+    rng = np.random.default_rng(K * 10 + shape[0])
+    X = rng.standard_normal(shape)
+    res = solve(X, K, n_init=3, random_state=0, backend="numpy")
+    assert res.converged
+    B = res.signs.astype(float)
+    base = nuclear(X, B)
+    for n in range(B.shape[0]):
+        for k in range(K):
+            B[n, k] *= -1
+            assert nuclear(X, B) <= base * (1 + 1e-8), f"flipping ({n}, {k}) improves the metric"
+            B[n, k] *= -1
+    # The objective reported is ||X Q||_1 of the Procrustes step, never below ||X^T B||_*.
+    assert res.objective >= base * (1 - 1e-12)
+    np.testing.assert_allclose(res.components.T @ res.components, np.eye(K), atol=1e-10)
+
+
+def test_exact_hit_rate_over_many_small_problems():
+    cases = problems(seed=11, count=240)
+    hits_default, hits_single, by_k = 0, 0, {}
+    for i, (X, K) in enumerate(cases):
+        opt = solve(X, K, method="exact").objective
+        res = solve(X, K, random_state=i, backend="numpy")
+        single = solve(X, K, n_init=1, backend="numpy")
+        # Nothing beats the optimum (up to rounding).
+        assert res.objective <= opt * (1 + 1e-9)
+        assert single.objective <= res.objective * (1 + 1e-9) or single.objective <= opt * (1 + 1e-9)
+        hit = res.objective >= opt * (1 - 1e-9)
+        hits_default += hit
+        hits_single += single.objective >= opt * (1 - 1e-9)
+        by_k.setdefault(K, []).append(hit)
+    rate = hits_default / len(cases)
+    assert rate >= 0.97, f"default L1-BF hit the exact optimum in {rate:.1%} of problems"
+    assert hits_single / len(cases) >= 0.75
+    assert all(np.mean(v) >= 0.9 for v in by_k.values()), {k: np.mean(v) for k, v in by_k.items()}
+
+
+def test_k1_objective_never_below_l2():
+    for X, _ in problems(seed=12, count=60):
+        assert solve(X, 1, n_init=1).objective >= solve(X, 1, method="l2").objective * (1 - 1e-12)
+
+
+def test_numpy_and_jax_same_start_same_signs():
+    from l1pca.kernels.bitflip_jax import search_single
+
+    rng = np.random.default_rng(13)
+    for K in (1, 2, 3):
+        for warm in (False, True):
+            X = rng.standard_normal((20, 6))
+            Y = reduce_rank(X)
+            B0 = np.repeat(l2_start(Y)[:, None], K, axis=1)
+            ref = bitflip_search(Y, B0, warm_start=warm)
+            B, val, flips, conv = search_single(Y, B0, max_flips=1000, tol=1e-9, warm_start=warm)
+            np.testing.assert_array_equal(B, ref.signs)
+            assert val == pytest.approx(ref.value, rel=1e-12)
+            assert (flips, conv) == (ref.n_flips, ref.converged)
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_solve_numpy_equals_jax(K):
+    rng = np.random.default_rng(14 + K)
+    X = rng.standard_normal((30, 7)) + rng.standard_t(2, (30, 7))
+    a = solve(X, K, random_state=3, backend="numpy")
+    b = solve(X, K, random_state=3, backend="jax")
+    assert (a.backend, b.backend) == ("numpy", "jax")
+    np.testing.assert_allclose(b.components, a.components, atol=1e-10)
+    np.testing.assert_array_equal(b.signs, a.signs)
+    assert b.objective == pytest.approx(a.objective, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_batch_equals_one_by_one_with_mixed_shapes(backend):
+    rng = np.random.default_rng(15)
+    Xs = [rng.standard_normal((int(rng.integers(10, 16)), int(rng.integers(3, 8)))) for _ in range(6)]
+    Xs.append(rng.standard_normal((5, 12)))  # D > N in the same call
+    batch = solve_batch(Xs, 2, random_state=7, backend=backend)
+    assert len(batch) == len(Xs)
+    for X, res in zip(Xs, batch):
+        one = solve(X, 2, random_state=7, backend="numpy")
+        assert res.components.shape == (X.shape[1], 2) and res.signs.shape == (X.shape[0], 2)
+        np.testing.assert_allclose(res.components, one.components, atol=1e-9)
+        np.testing.assert_array_equal(res.signs, one.signs)
+        assert res.objective == pytest.approx(one.objective, rel=1e-10)
+
+
+def test_per_matrix_seeds_in_a_batch():
+    rng = np.random.default_rng(16)
+    Xs = [rng.standard_normal((12, 4)) for _ in range(3)]
+    batch = solve_batch(Xs, 1, random_state=[1, 2, 3], n_init=3)
+    for X, seed, res in zip(Xs, [1, 2, 3], batch):
+        assert res.objective == solve(X, 1, random_state=seed, n_init=3).objective
+    with pytest.raises(ValueError, match="one per matrix"):
+        solve_batch(Xs, 1, random_state=[1, 2])
+
+
+def test_zero_padding_leaves_the_solution_unchanged():
+    """Zero samples and zero features change neither the objective nor the solution."""
+    rng = np.random.default_rng(17)
+    for K in (1, 2):
+        X = rng.standard_normal((11, 5))
+        P = np.zeros((16, 8))
+        P[:11, :5] = X
+        a, b = solve(X, K, random_state=0), solve(P, K, random_state=0)
+        assert b.objective == pytest.approx(a.objective, rel=1e-10)
+        np.testing.assert_allclose(b.components[:5], a.components, atol=1e-9)
+        np.testing.assert_allclose(b.components[5:], 0.0, atol=1e-12)
+        np.testing.assert_array_equal(b.signs[:11], a.signs)
+    # The batched JAX path pads to a bucket; results keep the caller's shapes.
+    assert bucket_shape(11, 5) == (16, 8)
+
+
+def test_flip_cap_bounds_the_loop_and_is_reported():
+    X = np.random.default_rng(18).standard_normal((200, 6))
+    res = solve(X, 2, n_init=1, warm_start=False, max_flips=3, backend="numpy")
+    assert res.n_flips <= 3 and not res.converged
+    res = solve(X, 2, n_init=1, warm_start=False, max_flips=3, backend="jax")
+    assert res.n_flips <= 3 and not res.converged
+    full = solve(X, 2, n_init=1, warm_start=False)
+    assert full.converged and full.n_flips > 3
+
+
+def test_deterministic_for_a_seed_and_sign_convention():
+    X = np.random.default_rng(19).standard_normal((40, 6))
+    a, b = solve(X, 3, random_state=5), solve(X, 3, random_state=5)
+    np.testing.assert_array_equal(a.components, b.components)
+    # Columns ordered by decreasing ||X q_k||_1; each column's largest entry positive.
+    l1 = np.abs(X @ a.components).sum(axis=0)
+    assert np.all(np.diff(l1) <= 1e-9)
+    peak = a.components[np.abs(a.components).argmax(axis=0), np.arange(3)]
+    assert np.all(peak > 0)
+
+
+def test_warm_start_cuts_flips_and_keeps_local_optimality():
+    X = np.random.default_rng(20).standard_normal((3000, 10)) * np.linspace(3, 1, 10)
+    cold = solve(X, 1, n_init=1, warm_start=False)
+    warm = solve(X, 1, n_init=1, warm_start=True)
+    assert warm.n_flips * 5 <= cold.n_flips
+    assert warm.objective >= cold.objective * (1 - 1e-3)
+    Y = reduce_rank(X)
+    b = warm.signs[:, 0].astype(float)
+    # K = 1 single-flip optimality: ||y_n||^2 <= b_n y_n^T (Y b) for every n.
+    v = Y @ b
+    assert np.all((Y * Y).sum(axis=0) <= b * (Y.T @ v) + 1e-9 * np.abs(Y.T @ v).max())
+
+
+def test_starts_are_l2_then_random():
+    X = np.random.default_rng(21).standard_normal((25, 4))
+    Y = reduce_rank(X)
+    # With one start and no flips allowed the answer is the L2-PCA sign vector itself.
+    res = solve(X, 1, n_init=1, max_flips=0, warm_start=False)
+    s = l2_start(Y)
+    assert np.array_equal(res.signs[:, 0], s) or np.array_equal(res.signs[:, 0], -s)
+    np.testing.assert_array_equal(sign(np.zeros(3)), np.ones(3))
