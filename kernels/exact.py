@@ -158,10 +158,17 @@ def exact_search(Y, n_components, *, max_candidates=MAX_CANDIDATES):
         return np.ones((N, K)), 0.0, p
     cols = _exhaustive_columns(int(keep.sum())) if p.strategy == "exhaustive" else _polynomial_columns(Z)
     W = Z @ cols.T  # (r, m): reduced projections of every candidate column
+    m = cols.shape[0]
+    # For K > 1 each candidate's K x K Gram is a gather from the m x m Gram of all columns, when
+    # that fits in memory; otherwise it is formed per candidate from W.
+    H = W.T @ W if K > 1 and m <= 4096 else None
     best_val, best_idx = -1.0, None
-    for idx in _multisets(cols.shape[0], K):
-        Wi = W[:, idx]  # (r, c, K)
-        M = np.einsum("rci,rcj->cij", Wi, Wi)
+    for idx in _multisets(m, K):
+        if H is not None:
+            M = H[idx[:, :, None], idx[:, None, :]]
+        else:
+            Wi = W[:, idx]  # (r, c, K)
+            M = np.einsum("rci,rcj->cij", Wi, Wi)
         vals = gram_nuclear(M)
         j = int(np.argmax(vals))
         if vals[j] > best_val:

@@ -19,7 +19,7 @@ def problems(seed, count):
         N = int(rng.integers(6, 13))
         D = int(rng.integers(2, 9))
         K = 1 + i % 3
-        if K > min(N, D) or (K == 3 and N > 9) or (K == 2 and N > 11):
+        if K > min(N, D) or (K == 3 and N > 8) or (K == 2 and N > 11):
             K = 1  # keep the exact oracle cheap
         kind = ("gauss", "heavy", "outliers")[i % 3]
         if kind == "gauss":

@@ -1,0 +1,62 @@
+"""Backend selection on this machine, and the GPU paths where a GPU exists (skipped otherwise)."""
+import numpy as np
+import pytest
+
+from l1pca.kernels import backends, solve, solve_batch
+
+HAS_CUPY = backends.cupy_usable()
+HAS_JAX_GPU = backends.jax_gpu_usable()
+
+
+def test_auto_on_cpu_picks_numpy_for_single_and_jax_for_batches(monkeypatch):
+    monkeypatch.setenv(backends.FORCE_CPU_ENV, "1")
+    assert backends.gpu_backends() == ()
+    assert backends.resolve("auto", "bitflip", 1) == "numpy"
+    assert backends.resolve("auto", "bitflip", backends.JAX_MIN_BATCH - 1) == "numpy"
+    assert backends.resolve("auto", "bitflip", backends.JAX_MIN_BATCH) == "jax"
+    assert backends.resolve("auto", "exact", 100) == "numpy"
+    assert backends.device_description() == "cpu"
+    rng = np.random.default_rng(0)
+    Xs = [rng.standard_normal((20, 5)) for _ in range(backends.JAX_MIN_BATCH)]
+    assert {r.backend for r in solve_batch(Xs, 1, random_state=0)} == {"jax"}
+    assert solve(Xs[0], 1).backend == "numpy"
+
+
+@pytest.mark.skipif(HAS_CUPY, reason="CuPy with a GPU is present; the refusal only applies without one")
+def test_cupy_backend_refused_without_gpu():
+    with pytest.raises(ValueError, match="backend='cupy' needs CuPy and a CUDA GPU"):
+        solve(np.ones((4, 2)), 1, backend="cupy")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUPY, reason="no CuPy-usable CUDA GPU on this machine")
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_cupy_equals_numpy(K):
+    rng = np.random.default_rng(K)
+    X = rng.standard_normal((300, 12)) + rng.standard_t(2, (300, 12))
+    a = solve(X, K, random_state=1, backend="numpy")
+    b = solve(X, K, random_state=1, backend="cupy")
+    assert b.backend == "cupy"
+    np.testing.assert_array_equal(b.signs, a.signs)
+    np.testing.assert_allclose(b.components, a.components, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_JAX_GPU, reason="JAX has no GPU backend on this machine")
+@pytest.mark.parametrize("K", [1, 2])
+def test_jax_gpu_batch_equals_numpy(K):
+    rng = np.random.default_rng(10 + K)
+    Xs = [rng.standard_normal((64, 16)) for _ in range(32)]
+    batch = solve_batch(Xs, K, random_state=2, backend="jax")
+    for X, res in zip(Xs, batch):
+        ref = solve(X, K, random_state=2, backend="numpy")
+        np.testing.assert_array_equal(res.signs, ref.signs)
+        assert res.objective == pytest.approx(ref.objective, rel=1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUPY or HAS_JAX_GPU), reason="no usable GPU on this machine")
+def test_auto_prefers_the_gpu(monkeypatch):
+    monkeypatch.delenv(backends.FORCE_CPU_ENV, raising=False)
+    assert backends.resolve("auto", "bitflip", 1) in ("cupy", "jax")
+    assert backends.device_description() != "cpu"

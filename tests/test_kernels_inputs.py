@@ -1,0 +1,81 @@
+"""Bad input gets a clear error naming the argument; odd but valid input is handled."""
+import numpy as np
+import pytest
+
+from l1pca.kernels import solve, solve_batch
+
+
+@pytest.mark.parametrize("X,exc,match", [
+    (np.array([[1.0, np.nan], [2.0, 3.0]]), ValueError, r"X must be finite; found nan at row 0, column 1"),
+    (np.array([[1.0, 2.0], [np.inf, 3.0]]), ValueError, "X must be finite"),
+    (np.zeros((0, 3)), ValueError, "at least one sample"),
+    (np.zeros((3, 0)), ValueError, "at least one sample"),
+    (np.arange(5.0), ValueError, "X must be 2-D"),
+    (np.zeros((2, 2, 2)), ValueError, "X must be 2-D"),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError, "real numbers"),
+    (np.ones((3, 2), dtype=complex), TypeError, "real numbers"),
+    (np.array([[1e200, 0.0], [0.0, 1.0]]), ValueError, "magnitude"),
+])
+def test_bad_matrices(X, exc, match):
+    with pytest.raises(exc, match=match):
+        solve(X, 1)
+
+
+@pytest.mark.parametrize("K", [0, -1, 4, 10])
+def test_n_components_out_of_range(K):
+    with pytest.raises(ValueError, match=r"n_components=.* must be in \[1, min\(n_samples, n_features\)=3\]"):
+        solve(np.ones((5, 3)), K)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n_components=1.5), "n_components must be an int"),
+    (dict(method="pca"), "method='pca' is not one of"),
+    (dict(backend="tpu"), "backend='tpu' is not one of"),
+    (dict(n_init=0), "n_init=0 must be >= 1"),
+    (dict(tol=-1.0), "tol=-1.0"),
+    (dict(random_state="x"), "random_state"),
+    (dict(max_flips=-2), "max_flips=-2"),
+    (dict(method="exact", backend="jax"), "runs on the 'numpy' backend only"),
+])
+def test_bad_options(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        solve(np.random.default_rng(0).standard_normal((6, 3)), **{"n_components": 1, **kwargs})
+
+
+def test_batch_names_the_bad_matrix():
+    good = np.ones((4, 2))
+    with pytest.raises(ValueError, match=r"Xs\[1\] must be finite"):
+        solve_batch([good, np.full((3, 2), np.nan)], 1)
+    assert solve_batch([], 1) == []
+
+
+def test_integers_bools_and_float32_are_accepted():
+    rng = np.random.default_rng(1)
+    X = rng.integers(-5, 6, size=(20, 4))
+    ref = solve(X.astype(np.float64), 2, random_state=0)
+    for variant in (X, X.astype(np.float32), X.astype(np.int8), X.tolist()):
+        res = solve(variant, 2, random_state=0)
+        assert res.objective == pytest.approx(ref.objective, rel=1e-12)
+        assert res.components.dtype == np.float64
+    assert solve(X > 0, 1).components.shape == (4, 1)
+
+
+@pytest.mark.parametrize("X", [
+    np.zeros((5, 3)),                      # all zeros
+    np.ones((6, 4)),                       # constant
+    np.array([[1.0, 1.0]] * 4),            # duplicated samples, rank 1
+    np.array([[3.0]]),                     # 1 x 1
+    np.arange(12.0).reshape(12, 1),        # D = 1
+    np.arange(12.0).reshape(1, 12),        # N = 1
+    np.full((4, 3), 1e-300),               # denormal scale
+])
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_degenerate_inputs_give_finite_orthonormal_components(X, backend):
+    K = min(X.shape)
+    res = solve(X, K, backend=backend, random_state=0)
+    assert np.isfinite(res.objective) and np.isfinite(res.components).all()
+    np.testing.assert_allclose(res.components.T @ res.components, np.eye(K), atol=1e-9)
+    assert set(np.unique(res.signs)) <= {-1, 1}
+    for method in ("exact", "l2", "fixed-point", "non-greedy"):
+        other = solve(X, K, method=method)
+        np.testing.assert_allclose(other.components.T @ other.components, np.eye(K), atol=1e-9)
