@@ -8,10 +8,11 @@ imports with no CuPy and no GPU.
 
 * a usable GPU first: JAX on the GPU for batches (one ``vmap``-ed launch), CuPy for single matrices
   (no compile per shape), whichever of the two is present otherwise;
-* on the CPU, NumPy for single matrices and small batches (no compile, and the per-flip work is a
-  BLAS call either way), JAX for batches of at least :data:`JAX_MIN_BATCH` equal-bucket matrices,
-  where one compiled ``vmap``-ed loop replaces a Python loop per matrix. The threshold comes from
-  ``bench/solver_speed.py`` (see ``bench/results/solver_speed.md``).
+* on the CPU, JAX once its program for the shape bucket is compiled in this process (the service's
+  warm-up compiles its buckets; a compiled ``while_loop`` beats NumPy's Python loop per flip at every
+  batch size, see ``bench/results/solver_speed.md``), and for batches of at least
+  :data:`JAX_MIN_BATCH` matrices, where the compile pays for itself at once; NumPy otherwise, since a
+  one-off compile (about a second) costs more than a small NumPy solve.
 """
 from __future__ import annotations
 
@@ -75,8 +76,9 @@ def device_description() -> str:
     return "cpu"
 
 
-def resolve(backend: str, method: str, batch_size: int = 1) -> str:
-    """The backend that will run ``method`` for a bucket of ``batch_size`` equal-shaped problems."""
+def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = False) -> str:
+    """The backend that will run ``method`` for a bucket of ``batch_size`` equal-shaped problems;
+    ``compiled`` says whether JAX already holds the compiled program for that bucket."""
     if method != "bitflip":
         if backend not in ("auto", "numpy"):
             raise ValueError(
@@ -93,4 +95,4 @@ def resolve(backend: str, method: str, batch_size: int = 1) -> str:
         if batch_size > 1 and "jax" in gpus:
             return "jax"
         return "cupy" if "cupy" in gpus else "jax"
-    return "jax" if batch_size >= JAX_MIN_BATCH else "numpy"
+    return "jax" if compiled or batch_size >= JAX_MIN_BATCH else "numpy"

@@ -27,6 +27,14 @@ from .reduce import reduce_rank, sign
 
 _FIXED_POINT_MAX_ITER = 100
 
+# Buckets (batch, rows, cols, K, starts, warm_start) compiled in this process. jit keeps its own cache; this
+# mirror of it lets backend="auto" prefer JAX where no compile is pending, without asking jit.
+_COMPILED: set = set()
+
+
+def is_compiled(key) -> bool:
+    return key in _COMPILED
+
 
 class FlipState(NamedTuple):
     B: jax.Array  # (N, K) +-1
@@ -165,7 +173,9 @@ def solve_bucket(X, G, *, max_flips, tol, warm_start=True):
             jnp.asarray(X, jnp.float64), jnp.asarray(G, jnp.float64),
             jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64), warm_start,
         )
-        return tuple(np.asarray(o) for o in out)
+        out = tuple(np.asarray(o) for o in out)
+    _COMPILED.add((*X.shape, G.shape[3], G.shape[1] + 1, bool(warm_start)))
+    return out
 
 
 def search_single(Y, B0, *, max_flips, tol, warm_start=True):

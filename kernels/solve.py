@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,6 +35,10 @@ DEFAULT_N_INIT = 8
 
 MIN_BUCKET = 8
 """Smallest padded size of a shape bucket (rows and columns) on the batched JAX path."""
+
+PAD_LIMIT = 1 << 20
+"""Matrices with more entries than this keep their own shape (padding would cost more than the
+compile it saves)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,10 @@ class SolveResult:
 
 
 def bucket_shape(n_samples, n_features):
-    """Padded shape for the batched path: each side rounded up to a power of two (>= MIN_BUCKET)."""
+    """Padded shape for the batched path: each side rounded up to a power of two (>= MIN_BUCKET),
+    so that a few compiled programs serve every small shape; large matrices keep their shape."""
+    if n_samples * n_features > PAD_LIMIT:
+        return int(n_samples), int(n_features)
     up = lambda v: max(MIN_BUCKET, 1 << (int(v) - 1).bit_length())  # noqa: E731
     return up(n_samples), up(n_features)
 
@@ -194,7 +202,8 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
         buckets.setdefault(bucket_shape(*X.shape), []).append(i)
     tick = _Ticker(progress, total=len(mats) * n_init)
     for shape, idx in buckets.items():
-        name = backends.resolve(backend, method, batch_size=len(idx))
+        compiled = _jax_compiled((jax_batch_size(len(idx)), *shape, K, n_init, bool(warm_start)))
+        name = backends.resolve(backend, method, batch_size=len(idx), compiled=compiled)
         if name == "jax":
             outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K,
                                 max_flips, tol, warm_start)
@@ -206,6 +215,17 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
             Q = procrustes(mats[i].T @ B)
             results[i] = _finish(mats[i], Q, B, name, "bitflip", n_flips=flips, converged=conv)
     return results
+
+
+def jax_batch_size(count):
+    """Batch size the JAX path pads ``count`` matrices of one bucket to: the next power of two."""
+    return 1 << (int(count) - 1).bit_length()
+
+
+def _jax_compiled(key):
+    """Whether this process already compiled the JAX program for a bucket (without importing JAX)."""
+    module = sys.modules.get("l1pca.kernels.bitflip_jax")
+    return module is not None and module.is_compiled(key)
 
 
 class _Ticker:
@@ -245,8 +265,10 @@ def _bitflip_jax(mats, draws, shape, K, max_flips, tol, warm_start):
     from .bitflip_jax import solve_bucket
 
     Np, Dp = shape
-    X = np.zeros((len(mats), Np, Dp))
-    G = np.zeros((len(mats), draws[0].shape[0], Dp, K))
+    # The batch axis is padded to a power of two too (with zero matrices, which stop at once), so
+    # that one compiled program serves every batch size up to it.
+    X = np.zeros((jax_batch_size(len(mats)), Np, Dp))
+    G = np.zeros((X.shape[0], draws[0].shape[0], Dp, K))
     for j, (Xi, Gi) in enumerate(zip(mats, draws)):
         X[j, :Xi.shape[0], :Xi.shape[1]] = Xi
         G[j, :, :Xi.shape[1]] = Gi

@@ -18,8 +18,21 @@ def test_auto_on_cpu_picks_numpy_for_single_and_jax_for_batches(monkeypatch):
     assert backends.device_description() == "cpu"
     rng = np.random.default_rng(0)
     Xs = [rng.standard_normal((20, 5)) for _ in range(backends.JAX_MIN_BATCH)]
-    assert {r.backend for r in solve_batch(Xs, 1, random_state=0)} == {"jax"}
-    assert solve(Xs[0], 1).backend == "numpy"
+    # n_init=5 keys programs no other test compiles.
+    assert {r.backend for r in solve_batch(Xs, 1, random_state=0, n_init=5)} == {"jax"}
+    assert solve(Xs[0], 1, n_init=5).backend == "numpy"  # a batch of one is another program
+
+
+def test_auto_uses_jax_once_the_bucket_is_compiled(monkeypatch):
+    monkeypatch.setenv(backends.FORCE_CPU_ENV, "1")
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 6))
+    assert solve(X, 2, n_init=7).backend == "numpy"
+    ref = solve(X, 2, n_init=7, backend="jax")  # compiles the (64 x 8, batch 1) program
+    other = rng.standard_normal((50, 5))  # same bucket
+    res = solve(other, 2, n_init=7)
+    assert res.backend == "jax"
+    assert solve(X, 2, n_init=7).objective == ref.objective
 
 
 @pytest.mark.skipif(HAS_CUPY, reason="CuPy with a GPU is present; the refusal only applies without one")

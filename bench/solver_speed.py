@@ -1,0 +1,161 @@
+"""Solver speed: L1-BF fit time beside scikit-learn's PCA, and batched throughput per backend.
+
+1. Single fits: N from 1e3 to 1e6 (as memory allows), D in {10, 100, 1000}, K in {1, 5}; L1-BF
+   (n_init=1 and the default) on NumPy and JAX, against ``PCA(svd_solver="full")`` and ``PCA()``
+   (which uses the covariance eigendecomposition for tall matrices). Medians of ``--repeats`` runs
+   measured side by side; JAX after one warm-up call (compile time reported separately).
+2. Growth in N at D=10, K=1: fitted exponent of time ~ N^p for L1-BF and the SVD.
+3. Batched throughput: 4096 matrices of 64 x 16, K=2: a Python loop of ``solve`` against
+   ``solve_batch`` on NumPy and on JAX (GPU backends too where present).
+4. Where ``backend="auto"`` should switch to JAX on the CPU: time per matrix against batch size.
+
+Prints tables and writes ``bench/results/solver_speed.md``.
+
+    python bench/solver_speed.py [--quick] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from l1pca.kernels import DEFAULT_N_INIT, backends, solve, solve_batch
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def data(N, D, seed=0):
+    rng = np.random.default_rng(seed)
+    # Decaying spectrum plus 2% gross outliers: the workload L1-PCA is for.
+    X = rng.standard_normal((N, D)) * np.linspace(3.0, 0.5, D)
+    X[: N // 50] += 20.0 * rng.standard_normal((N // 50, D))
+    return X
+
+
+def single_fits(grid, repeats, out):
+    out.append("## 1. Single fits against scikit-learn's PCA\n")
+    out.append("| N | D | K | PCA full (s) | PCA default (s) | L1-BF numpy n_init=1 (s) | ratio to full | "
+               "ratio to default | L1-BF numpy default n_init (s) | L1-BF jax n_init=1 (s) | jax compile (s) | flips |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for N, D, K in grid:
+        X = data(N, D)
+        full = timed(lambda: PCA(K, svd_solver="full").fit(X), repeats)[0] if N * D <= 2e7 else float("nan")
+        dflt = timed(lambda: PCA(K).fit(X), repeats)[0]
+        one, res = timed(lambda: solve(X, K, n_init=1, backend="numpy"), repeats)
+        many = timed(lambda: solve(X, K, backend="numpy"), max(1, repeats // 2))[0] if N * D <= 1e7 else float("nan")
+        t0 = time.perf_counter()
+        solve(X, K, n_init=1, backend="jax")
+        first = time.perf_counter() - t0
+        jx = timed(lambda: solve(X, K, n_init=1, backend="jax"), repeats)[0]
+        fmt = lambda v: "—" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
+        row = (f"| {N:.0e} | {D} | {K} | {fmt(full)} | {fmt(dflt)} | {one:.3f} | "
+               f"{fmt(one / full) if not np.isnan(full) else '—'} | {one / dflt:.2f} | {fmt(many)} | "
+               f"{jx:.3f} | {max(first - jx, 0):.2f} | {res.n_flips} |")
+        out.append(row)
+        print(row, flush=True)
+        del X
+    out.append("")
+
+
+def growth(Ns, repeats, out):
+    out.append("## 2. Growth in N (D=10, K=1, n_init=1)\n")
+    out.append("| N | L1-BF numpy (s) | PCA full (s) |")
+    out.append("|---|---|---|")
+    t_bf, t_svd = [], []
+    for N in Ns:
+        X = data(N, 10)
+        a = timed(lambda: solve(X, 1, n_init=1, backend="numpy"), repeats)[0]
+        b = timed(lambda: PCA(1, svd_solver="full").fit(X), repeats)[0]
+        t_bf.append(a)
+        t_svd.append(b)
+        out.append(f"| {N:.0e} | {a:.4f} | {b:.4f} |")
+    p_bf = np.polyfit(np.log(Ns), np.log(t_bf), 1)[0]
+    p_svd = np.polyfit(np.log(Ns), np.log(t_svd), 1)[0]
+    out.append(f"\nFitted exponent p in time ~ N^p: L1-BF {p_bf:.2f}, SVD {p_svd:.2f} "
+               "(1 = linear; quadratic growth would show p near 2).\n")
+    print(out[-1], flush=True)
+
+
+def batched(count, shape, K, repeats, out):
+    rng = np.random.default_rng(1)
+    Xs = [rng.standard_normal(shape) + rng.standard_t(2, shape) for _ in range(count)]
+    out.append(f"## 3. Batched throughput: {count} matrices {shape[0]} x {shape[1]}, K={K}, "
+               f"n_init={DEFAULT_N_INIT}\n")
+    out.append("| path | total (s) | matrices / s | speed-up over the loop |")
+    out.append("|---|---|---|---|")
+    loop = timed(lambda: [solve(X, K, random_state=0, backend="numpy") for X in Xs], 1)[0]
+    rows = [("Python loop of solve (numpy)", loop)]
+    rows.append(("solve_batch numpy", timed(lambda: solve_batch(Xs, K, random_state=0, backend="numpy"), 1)[0]))
+    solve_batch(Xs[:64], K, random_state=0, backend="jax")  # compile this bucket
+    rows.append(("solve_batch jax (cpu)" if not backends.jax_gpu_usable() else "solve_batch jax (gpu)",
+                 timed(lambda: solve_batch(Xs, K, random_state=0, backend="jax"), repeats)[0]))
+    if backends.cupy_usable():
+        rows.append(("solve_batch cupy", timed(lambda: solve_batch(Xs, K, random_state=0, backend="cupy"), 1)[0]))
+    for name, t in rows:
+        out.append(f"| {name} | {t:.3f} | {count / t:.0f} | {loop / t:.2f}x |")
+    out.append("")
+    print("\n".join(out[-len(rows) - 1:]), flush=True)
+
+
+def crossover(shape, K, sizes, repeats, out):
+    rng = np.random.default_rng(2)
+    out.append(f"## 4. NumPy against JAX on the CPU by batch size ({shape[0]} x {shape[1]}, K={K})\n")
+    out.append("| batch | numpy ms / matrix | jax ms / matrix | faster |")
+    out.append("|---|---|---|---|")
+    for b in sizes:
+        Xs = [rng.standard_normal(shape) for _ in range(b)]
+        solve_batch(Xs, K, backend="jax")  # compile
+        tn = timed(lambda: solve_batch(Xs, K, backend="numpy"), repeats)[0] / b
+        tj = timed(lambda: solve_batch(Xs, K, backend="jax"), repeats)[0] / b
+        out.append(f"| {b} | {1e3 * tn:.2f} | {1e3 * tj:.2f} | {'jax' if tj < tn else 'numpy'} |")
+    out.append(f"\n`backend=\"auto\"` sends CPU batches of >= {backends.JAX_MIN_BATCH} matrices to JAX.\n")
+    print("\n".join(out[-len(sizes) - 3:]), flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "solver_speed.md"))
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    out = [f"# Solver speed\n",
+           f"Machine: {platform.machine()}, {os.cpu_count()} cores, GPU backends: "
+           f"{', '.join(backends.gpu_backends()) or 'none'} ({backends.device_description()}); "
+           f"numpy {np.__version__}; medians of {args.repeats} runs unless stated.\n"]
+    if args.quick:
+        single_fits([(1000, 10, 1)], 1, out)
+        growth([1000, 4000], 1, out)
+        batched(32, (64, 16), 2, 1, out)
+        crossover((64, 16), 2, [1, 16], 1, out)
+    else:
+        grid = [(1000, 10, 1), (1000, 100, 1), (10_000, 10, 1), (10_000, 100, 1), (10_000, 100, 5),
+                (10_000, 1000, 1), (100_000, 10, 1), (100_000, 100, 1), (100_000, 100, 5),
+                (100_000, 1000, 1), (1_000_000, 10, 1), (1_000_000, 100, 1)]
+        single_fits(grid, args.repeats, out)
+        growth([10_000, 30_000, 100_000, 300_000, 1_000_000], args.repeats, out)
+        batched(4096, (64, 16), 2, args.repeats, out)
+        crossover((64, 16), 2, [1, 4, 8, 16, 32, 64, 256], args.repeats, out)
+    out.append(f"Total run time {time.perf_counter() - t0:.0f} s.")
+    report = "\n".join(out) + "\n"
+    if not args.quick or args.out != ap.get_default("out"):
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
