@@ -110,6 +110,9 @@ def _common_arguments(p):
     p.add_argument("--server", default=None, metavar="HOST:PORT",
                    help="fit on an l1pca server instead of locally (comma-separated list for round-robin)")
     p.add_argument("--timeout-s", type=float, default=60.0, help="deadline of a server call (default 60)")
+    p.add_argument("--devices", default=None, metavar="all|N",
+                   help="shard the samples over JAX devices ('all' or a count) for matrices larger "
+                        "than one device; a .npy DATA is memory-mapped and streamed in chunks")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
 
 
@@ -164,19 +167,80 @@ def _fit_model(X, args):
     return Model.from_estimator(est)
 
 
+def _devices(value):
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--devices={value!r} must be 'all' or a device count") from None
+
+
+def _robust_center(X, center, *, max_rows=1_000_000):
+    """Centre of a possibly memory-mapped matrix, read in chunks. The median is taken over at most
+    ``max_rows`` evenly spaced rows (exact below that), so it never loads a huge matrix."""
+    from l1pca.kernels.sharded import iter_rows
+
+    N, D = X.shape
+    if center == "none":
+        return np.zeros(D)
+    if center == "mean":
+        return sum(block.sum(axis=0) for _, block in iter_rows(X)) / N
+    step = max(1, N // max_rows)
+    return np.median(np.asarray(X[::step], dtype=np.float64), axis=0)
+
+
+def _fit_sharded(path, args, out):
+    """``fit --devices``: the sharded solver on a streamed matrix; scores and projections chunk-wise."""
+    from l1pca.client.model import Model
+    from l1pca.kernels import scoring, solve
+    from l1pca.kernels.sharded import RowChunks, iter_rows
+
+    X = np.load(path, mmap_mode="r", allow_pickle=False) if str(path).endswith(".npy") else load_matrix(path)
+    if X.ndim != 2:
+        raise ValueError(f"DATA must be 2-D (n_samples, n_features); got shape {X.shape}")
+    center = _robust_center(X, args.center)
+    kwargs = {} if args.n_init is None else {"n_init": args.n_init}
+    with ProgressBar(f"fit {X.shape[0]}x{X.shape[1]} K={args.n_components} (sharded)",
+                     enabled=not args.quiet) as bar:
+        res = solve(RowChunks(X, center), args.n_components, random_state=args.seed,
+                    devices=_devices(args.devices), progress=bar.update, **kwargs)
+    Q = res.components
+    proj = np.lib.format.open_memmap(out / "projections.npy", mode="w+", shape=(X.shape[0], Q.shape[1]))
+    scores = np.empty(X.shape[0])
+    for a, block in iter_rows(X):
+        Xc = block - center
+        proj[a:a + len(block)] = Xc @ Q
+        scores[a:a + len(block)] = scoring.sample_scores(scoring.residuals(block, center, Q))
+    proj.flush()
+    threshold = scoring.robust_threshold(scores, contamination=_contamination(args.contamination))
+    return Model(components=Q.T, center=center, threshold=threshold, method="bitflip",
+                 objective=res.objective, n_samples=X.shape[0], backend=res.backend,
+                 n_flips=res.n_flips, converged=res.converged)
+
+
 def _write_json(path, obj):
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def cmd_fit(args):
-    X = load_matrix(args.data)
-    t0 = time.perf_counter()
-    model = _fit_model(X, args)
-    elapsed = time.perf_counter() - t0
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.devices is not None:
+        if args.server or args.method != "bitflip":
+            raise ValueError("--devices runs the sharded L1-BF locally: it takes no --server and "
+                             "only --method bitflip")
+        if not Path(args.data).exists():
+            raise ValueError(f"DATA={args.data!r}: no such file")
+        out.mkdir(parents=True, exist_ok=True)
+        model = _fit_sharded(args.data, args, out)
+    else:
+        X = load_matrix(args.data)
+        model = _fit_model(X, args)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "projections.npy", model.transform(X))
+    elapsed = time.perf_counter() - t0
     np.save(out / "components.npy", model.components)
-    np.save(out / "projections.npy", model.transform(X))
     model.save(out / "model.npz")
     summary = dict(model.summary(), data=str(args.data), fit_seconds=round(elapsed, 4),
                    outputs=["components.npy", "projections.npy", "model.npz", "summary.json"])
@@ -191,12 +255,23 @@ def cmd_score(args):
 
     X = load_matrix(args.data)
     t0 = time.perf_counter()
-    if args.model:
-        model = Model.load(args.model)
+    model = Model.load(args.model) if args.model else None
+    if args.server:
+        # One call: the server scores against the given model, or fits on DATA and scores.
+        from l1pca.client import Client
+
+        with Client(args.server, timeout_s=args.timeout_s) as client:
+            res = client.score_outliers(
+                X, model=model, n_components=args.n_components, method=args.method,
+                n_init=args.n_init, center=None if args.center == "none" else args.center,
+                seed=args.seed, contamination=_contamination(args.contamination),
+                return_entry_scores=True)
+        model, entries, scores = res.model, res.entry_scores, res.scores
     else:
-        model = _fit_model(X, args)
-    entries = model.score_entries(X)
-    scores = np.sqrt((entries * entries).sum(axis=1))
+        if model is None:
+            model = _fit_model(X, args)
+        entries = model.score_entries(X)
+        scores = np.sqrt((entries * entries).sum(axis=1))
     flags = scores > model.threshold
     worst = entries.argmax(axis=1)
     elapsed = time.perf_counter() - t0

@@ -108,19 +108,34 @@ def _state(Y, B):
     return A, Y.T @ A, A.T @ A
 
 
+POLAR_RTOL = 1e-8
+"""Y B counts as rank-deficient (its Procrustes factor not unique) below this singular-value ratio."""
+
+
+def polar_factor(A, xp=np):
+    """``U V^T`` from the thin SVD ``A = U S V^T`` (up to scale for K = 1), and whether it is unique.
+
+    When A is rank-deficient (the L2 start copies one column K times) the factor depends on how an
+    SVD routine completes the null space, which differs between LAPACK, XLA and cuSOLVER; the fixed
+    point then stops rather than follow an arbitrary direction.
+    """
+    if A.shape[1] == 1:
+        return A, xp.sum(A * A) > 0
+    U, sv, Vt = xp.linalg.svd(A, full_matrices=False)
+    return U @ Vt, sv[-1] > POLAR_RTOL * sv[0]
+
+
 def fixed_point(Y, B, *, max_iter=100, xp=np):
     """Fixed-point iterations ``B <- sgn(Y^T Procrustes(Y B))`` (Nie et al. 2011; Kwak 2008 for K=1).
 
-    Each iteration does not decrease ``||Y B||_*``; it stops when B repeats or after ``max_iter``.
-    Used as a warm start: it is O(N d K) per sweep and removes most of the flips L1-BF would do.
+    Each iteration does not decrease ``||Y B||_*``; it stops when B repeats, when ``Y B`` is
+    rank-deficient (see :func:`polar_factor`) or after ``max_iter``. Used as a warm start: it is
+    O(N d K) per sweep and removes most of the flips L1-BF would do.
     """
     for _ in range(max_iter):
-        A = Y @ B
-        if B.shape[1] == 1:
-            Q = A
-        else:
-            U, _, Vt = xp.linalg.svd(A, full_matrices=False)
-            Q = U @ Vt
+        Q, unique = polar_factor(Y @ B, xp)
+        if not bool(unique):
+            break
         new = sign(Y.T @ Q, xp)
         if bool(xp.all(new == B)):
             break

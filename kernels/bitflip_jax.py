@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .bitflip import candidate_gains, gram_nuclear, select_flip
-from .reduce import reduce_rank, sign
+from .bitflip import candidate_gains, gram_nuclear, polar_factor, select_flip
+from .reduce import l2_start_matrix, reduce_rank, sign
 
 _FIXED_POINT_MAX_ITER = 100
 
@@ -59,14 +59,9 @@ def _running(state: FlipState, max_steps) -> jax.Array:
 
 
 def _fixed_point_step(Y, state: FixedPointState) -> FixedPointState:
-    A = Y @ state.B
-    if state.B.shape[1] == 1:
-        Q = A
-    else:
-        U, _, Vt = jnp.linalg.svd(A, full_matrices=False)
-        Q = U @ Vt
-    new = sign(Y.T @ Q, jnp)
-    return FixedPointState(new, jnp.any(new != state.B), state.it + 1)
+    Q, unique = polar_factor(Y @ state.B, jnp)
+    new = jnp.where(unique, sign(Y.T @ Q, jnp), state.B)
+    return FixedPointState(new, jnp.logical_and(unique, jnp.any(new != state.B)), state.it + 1)
 
 
 def fixed_point(Y, B):
@@ -138,7 +133,7 @@ def _solve_one(X, G, max_flips, tol, warm_start: bool):
     """All starts of one problem: the L2 start then ``sgn(X g)`` for each Gaussian draw in G."""
     K = G.shape[-1]
     Y = reduce_rank(X, jnp)
-    l2 = jnp.repeat(sign(Y[0], jnp)[:, None], K, axis=1)[None]
+    l2 = l2_start_matrix(Y, K, warm_start, jnp)[None]
     starts = jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
     B, val, flips, conv = jax.vmap(search, in_axes=(None, 0, None, None, None))(
         Y, starts, max_flips, tol, warm_start

@@ -28,7 +28,7 @@ from ._validation import (
 from .baselines import fixed_point_greedy, fixed_point_nongreedy, l2_pca
 from .bitflip import DEFAULT_TOL, bitflip_search, default_max_flips
 from .exact import MAX_CANDIDATES, exact_search
-from .reduce import l2_start, procrustes, reduce_rank, sign
+from .reduce import l2_start_matrix, procrustes, reduce_rank, sign
 
 DEFAULT_N_INIT = 8
 """Starts of L1-BF: the L2-PCA start and seven random ones (``bench/optimality.py`` shows why)."""
@@ -87,7 +87,7 @@ def bucket_shape(n_samples, n_features):
 
 def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
           random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True,
-          max_candidates=MAX_CANDIDATES, progress=None):
+          max_candidates=MAX_CANDIDATES, progress=None, devices=None, mesh=None):
     """L1-norm principal components of X: ``argmax ||X Q||_1`` over Q with orthonormal columns.
 
     Parameters
@@ -117,6 +117,12 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
         ``exact`` refuses problems that need more sign-matrix evaluations.
     progress : callable, optional
         ``progress(done, total)`` is called as L1-BF starts finish (the CLI draws its bar with it).
+    devices : "all", int or list of jax devices, optional
+        Shard the samples over these devices (:mod:`l1pca.kernels.sharded`): for matrices larger than
+        one device. X may then be a NumPy array, a memory-mapped ``.npy`` or a row-sharded
+        ``jax.Array``. Needs ``method="bitflip"``, backend "auto" or "jax", and N >= D.
+    mesh : jax.sharding.Mesh, optional
+        A one-axis mesh named ``"samples"`` to shard over, instead of ``devices``.
 
     Returns
     -------
@@ -131,6 +137,11 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
     >>> res.components.shape, round(res.objective, 3)
     ((2, 1), 6.955)
     """
+    if devices is not None or mesh is not None:
+        return _solve_sharded(X, n_components, method=method, n_init=n_init, backend=backend,
+                              random_state=random_state, max_flips=max_flips, tol=tol,
+                              warm_start=warm_start, max_candidates=max_candidates,
+                              progress=progress, devices=devices, mesh=mesh)
     return _solve_many([X], n_components, method=method, n_init=n_init, backend=backend,
                        random_state=random_state, max_flips=max_flips, tol=tol,
                        warm_start=warm_start, max_candidates=max_candidates, names=["X"],
@@ -154,6 +165,27 @@ def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, 
                        random_state=random_state, max_flips=max_flips, tol=tol,
                        warm_start=warm_start, max_candidates=max_candidates,
                        names=[f"Xs[{i}]" for i in range(len(Xs))], progress=progress)
+
+
+def _solve_sharded(X, n_components, *, method, n_init, backend, random_state, max_flips, tol,
+                   warm_start, max_candidates, progress, devices, mesh):
+    from . import sharded
+
+    _check_options(method, n_init, backend, max_flips, tol, max_candidates)
+    if method != "bitflip" or backend not in ("auto", "jax"):
+        raise ValueError(f"devices/mesh shard L1-BF over JAX devices: method must be 'bitflip' and "
+                         f"backend 'auto' or 'jax'; got method={method!r}, backend={backend!r}")
+    mesh = sharded.make_mesh(devices) if mesh is None else sharded._check_mesh(mesh)
+    Xs, N = sharded.shard_rows(X, mesh)
+    D = Xs.shape[1]
+    K = check_n_components(n_components, N, D)
+    G = check_random_state(random_state).standard_normal((n_init - 1, D, K))
+    cap = max_flips if max_flips is not None else default_max_flips(N, K)
+    B, M, flips, conv, column_l1 = sharded.search_sharded(
+        Xs, N, K, G, mesh=mesh, max_flips=cap, tol=tol, warm_start=warm_start)
+    _Ticker(progress, total=n_init)(n_init)
+    Q = procrustes(M)
+    return _canonical(Q, B, column_l1(Q), "jax", "bitflip", n_flips=flips, converged=conv)
 
 
 def _check_options(method, n_init, backend, max_flips, tol, max_candidates):
@@ -248,7 +280,7 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, name, tick):
         xp = np
     Xd = xp.asarray(X)
     Y = reduce_rank(Xd, xp)
-    starts = [xp.repeat(l2_start(Y, xp)[:, None], K, axis=1)]
+    starts = [l2_start_matrix(Y, K, warm_start, xp)]
     starts += [sign(Xd @ xp.asarray(g), xp) for g in G]
     best, flips = None, 0
     for B0 in starts:
@@ -297,22 +329,27 @@ def _run_nongreedy(X, K, **_):
     return _finish(X, Q, None, "numpy", "non-greedy", n_iter=it, converged=conv)
 
 
-def _finish(X, Q, B, backend, method, *, n_flips=0, n_iter=0, converged=True):
+def _finish(X, Q, B, backend, method, **info):
     """Deterministic order and signs, the objective, and the result record."""
     proj = X @ Q
     if B is None:
         B = sign(proj)
+    return _canonical(Q, B, np.abs(proj).sum(axis=0), backend, method, **info)
+
+
+def _canonical(Q, B, column_l1, backend, method, *, n_flips=0, n_iter=0, converged=True):
+    """The result record from Q, B and ``||X q_k||_1`` per column (computed where X lives)."""
     # Column order and signs are arbitrary for the problem (B's columns may be permuted and negated);
     # fix them so that every backend and every start returns the same answer for the same optimum.
-    order = np.argsort(-np.abs(proj).sum(axis=0), kind="stable")
-    Q, B, proj = Q[:, order], B[:, order], proj[:, order]
+    order = np.argsort(-column_l1, kind="stable")
+    Q, B, column_l1 = Q[:, order], B[:, order], column_l1[order]
     peak = np.abs(Q).argmax(axis=0)
     flip = np.where(Q[peak, np.arange(Q.shape[1])] < 0, -1.0, 1.0)
     Q = Q * flip
     return SolveResult(
         components=np.ascontiguousarray(Q),
         signs=(B * flip).astype(np.int8),
-        objective=float(np.abs(proj).sum()),
+        objective=float(column_l1.sum()),
         backend=backend,
         method=method,
         n_flips=int(n_flips),

@@ -1,0 +1,169 @@
+"""``fit_many``: the estimator's fit (centre, solve, robust threshold) for many matrices in one call.
+
+This is :meth:`l1pca.kernels.L1PCA.fit` without the estimator object: the same validation, the same
+:mod:`l1pca.kernels.scoring` functions and one :func:`l1pca.kernels.solve_batch` call for the whole
+list, so the gRPC service batches concurrent requests without doing any arithmetic of its own.
+``fit_many([X], K, seeds=[s], backend=b)[0]`` equals ``L1PCA(K, random_state=s, backend=b).fit(X)``.
+
+Batch padding on the JAX backend
+--------------------------------
+XLA compiles one program per stacked shape ``(batch, rows, cols)``. A server that sent every batch
+size it forms would compile at run time again and again, so ``batch_sizes`` rounds each shape
+bucket's batch up to the next allowed size by repeating its first matrix (the copies are computed and
+dropped; problems in a ``vmap`` do not interact).
+
+Padding always makes a JAX bucket at least two problems: XLA specialises a batch of one and rounds
+differently, and L1-BF's path is sensitive to the last bit (a near-tie between two flips can send it to
+a different local optimum). With the padding, a matrix gets the same answer alone and in any batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import backends
+from ._validation import (
+    BACKENDS,
+    METHODS,
+    check_choice,
+    check_matrix,
+    check_n_components,
+    check_positive_int,
+    check_random_state,
+)
+from .scoring import center_of, check_contamination, residuals, robust_threshold, sample_scores
+from .solve import DEFAULT_N_INIT, bucket_shape, solve_batch
+
+CENTERS = ("median", "mean", None)
+MIN_JAX_BATCH = 2
+"""Smallest stacked batch sent to JAX (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One fitted model, the fields the estimator stores after ``fit``.
+
+    Attributes
+    ----------
+    components : ndarray (n_components, n_features)
+        L1 principal axes as rows (the estimator's ``components_``).
+    center : ndarray (n_features,)
+    threshold : float
+        Outlier threshold on the sample score (:func:`l1pca.kernels.scoring.robust_threshold`).
+    objective : float
+        ``||(X - center) components.T||_1``.
+    training_scores : ndarray (n_samples,)
+    n_samples : int
+    backend : str
+        Where the solver ran.
+    method : str
+    n_flips : int
+    converged : bool
+    """
+
+    components: np.ndarray
+    center: np.ndarray
+    threshold: float
+    objective: float
+    training_scores: np.ndarray
+    n_samples: int
+    backend: str
+    method: str
+    n_flips: int
+    converged: bool
+
+
+def padded_size(count, batch_sizes):
+    """Smallest allowed batch size >= ``count`` (and >= :data:`MIN_JAX_BATCH`); ``count`` if none is."""
+    want = max(int(count), MIN_JAX_BATCH)
+    fits = [int(b) for b in (batch_sizes or ()) if int(b) >= want]
+    return min(fits) if fits else want
+
+
+def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DEFAULT_N_INIT,
+             seeds=None, contamination="auto", n_mad=3.0, backend="auto",
+             batch_sizes: Sequence[int] | None = None):
+    """Fit one L1-PCA model per matrix, with one batched solver call.
+
+    Parameters
+    ----------
+    Xs : sequence of array-like (n_samples_i, n_features_i)
+        Shapes may differ.
+    n_components : int, default=1
+        K, the same for every matrix; each needs ``K <= min(n_samples_i, n_features_i)``.
+    method : {"bitflip", "exact", "l2", "fixed-point", "non-greedy"}, default="bitflip"
+    center : {"median", "mean"} or None, default="median"
+    n_init : int, default=4
+    seeds : sequence of int or None, optional
+        One seed per matrix (``None`` entries draw fresh entropy); default: all ``None``.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+    n_mad : float, default=3.0
+    backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
+    batch_sizes : sequence of int, optional
+        Allowed stacked batch sizes on the JAX path (each bucket is padded up to the next one).
+
+    Returns
+    -------
+    list of FitResult, one per matrix, in order.
+    """
+    check_choice(method, "method", METHODS)
+    check_choice(backend, "backend", BACKENDS)
+    check_choice(center, "center", CENTERS)
+    check_positive_int(n_init, "n_init")
+    contamination = check_contamination(contamination)
+    mats = [check_matrix(X, name=f"Xs[{i}]") for i, X in enumerate(Xs)]
+    if seeds is None:
+        seeds = [None] * len(mats)
+    seeds = list(seeds)
+    if len(seeds) != len(mats):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(mats)} matrices; give one per matrix")
+    for s in seeds:
+        check_random_state(s)  # refuses negative and non-integer seeds with a message
+    for X in mats:
+        check_n_components(n_components, *X.shape)
+    if not mats:
+        return []
+
+    centers = [center_of(X, center) for X in mats]
+    centred = [X - c for X, c in zip(mats, centers)]
+    run_X, run_seeds = _pad_jax_buckets(centred, seeds, method, backend, batch_sizes)
+    results = solve_batch(run_X, n_components, method=method, n_init=n_init, backend=backend,
+                          random_state=run_seeds)[: len(mats)]
+
+    out = []
+    for X, c, res in zip(mats, centers, results):
+        scores = sample_scores(residuals(X, c, res.components))
+        out.append(FitResult(
+            components=res.components.T.copy(),
+            center=c,
+            threshold=robust_threshold(scores, contamination=contamination, n_mad=n_mad),
+            objective=res.objective,
+            training_scores=scores,
+            n_samples=X.shape[0],
+            backend=res.backend,
+            method=res.method,
+            n_flips=res.n_flips,
+            converged=res.converged,
+        ))
+    return out
+
+
+def _pad_jax_buckets(mats, seeds, method, backend, batch_sizes):
+    """Append copies so that each shape bucket that runs on JAX has an allowed batch size.
+
+    The copies go after the real matrices, so ``results[:len(mats)]`` are the real answers.
+    """
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, X in enumerate(mats):
+        buckets.setdefault(bucket_shape(*X.shape), []).append(i)
+    extra_X, extra_seeds = [], []
+    for idx in buckets.values():
+        count = len(idx)
+        if backends.resolve(backend, method, batch_size=count) != "jax":
+            continue  # padding never changes which backend runs ("auto" decides on the real count)
+        target = padded_size(count, batch_sizes)
+        extra_X += [mats[idx[0]]] * (target - count)
+        extra_seeds += [seeds[idx[0]]] * (target - count)
+    return list(mats) + extra_X, list(seeds) + extra_seeds

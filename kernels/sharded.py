@@ -1,0 +1,324 @@
+"""L1-BF with the samples sharded over a JAX device mesh (several GPUs, or several hosts).
+
+For matrices that outgrow one device (tens of millions of samples), the rows of X are split over the
+``"samples"`` axis of a one-dimensional :class:`jax.sharding.Mesh`; every per-sample array (Y, B, P and
+the flipped mask) lives on the device that holds the sample, so each device keeps O(N d / devices).
+Only d x K and K x K quantities are replicated. The search is the one of :mod:`l1pca.kernels.bitflip`,
+written per shard with ``jax.shard_map`` and explicit collectives:
+
+* rank reduction: ``X^T X`` summed over shards (one ``psum`` of a D x D matrix), its eigenvectors U on
+  every device, and ``Y = (X U)^T`` computed shard by shard (needs N >= D, the case this path is for);
+* each flip step: a ``pmax`` for the best gain, a ``pmin`` for the lowest global index among the ties
+  (the single-device tie rule), and one ``psum`` that hands the chosen sample ``y_n`` and its sign to
+  every device; the update of P is then local. Three collectives per flip, of O(1), O(1) and O(d) data;
+* warm start: one ``psum`` of ``Y B`` (d x K) and one of a changed flag per fixed-point iteration.
+
+Same start, same end point as the single-device solver (tested on 1, 2, 4 and 8 simulated devices).
+Inputs may be a NumPy array, a memory-mapped ``.npy`` file (each device reads only its own rows, in
+chunks) or a ``jax.Array`` already sharded by rows. Multi-host: call ``jax.distributed.initialize()``
+first (see ``deploy/k8s/multihost/``); the mesh then spans every process's devices.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .bitflip import TIE_RTOL, candidate_gains, gram_nuclear, polar_factor
+from .reduce import l2_start_matrix, sign
+
+AXIS = "samples"
+_FIXED_POINT_MAX_ITER = 100
+_CHUNK_ROWS = 1 << 16  # rows read from a memory map per step when a shard is built
+
+
+class RowChunks:
+    """A lazily centred view of a (memory-mapped) matrix: rows are read and shifted on slicing.
+
+    Lets an offline job centre a matrix larger than memory on its way to the devices.
+    """
+
+    def __init__(self, X, center):
+        self.X, self.center = X, np.asarray(center, dtype=np.float64)
+        self.shape, self.dtype, self.ndim = X.shape, np.dtype(np.float64), 2
+
+    def __getitem__(self, rows):
+        return np.asarray(self.X[rows], dtype=np.float64) - self.center
+
+
+def iter_rows(X, chunk=_CHUNK_ROWS):
+    """Yield (start, float64 block) over the rows of X, ``chunk`` rows at a time."""
+    for a in range(0, X.shape[0], chunk):
+        yield a, np.asarray(X[a:a + chunk], dtype=np.float64)
+
+
+def make_mesh(devices="all") -> Mesh:
+    """A one-axis mesh over ``devices``: ``"all"``, a count (the first n devices), or a list."""
+    if isinstance(devices, Mesh):
+        return devices
+    available = jax.devices()
+    if devices == "all" or devices is None:
+        chosen = available
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"devices={devices} must be in [1, {len(available)}] (devices present)")
+        chosen = available[:devices]
+    else:
+        chosen = list(devices)
+        if not chosen:
+            raise ValueError("devices must name at least one device")
+    return Mesh(np.array(chosen), (AXIS,))
+
+
+def _check_mesh(mesh):
+    if not isinstance(mesh, Mesh) or mesh.axis_names != (AXIS,):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh with the single axis {AXIS!r}; got {mesh!r}")
+    return mesh
+
+
+def shard_rows(X, mesh) -> tuple[jax.Array, int]:
+    """X as a float64 ``jax.Array`` sharded by rows over ``mesh``, zero-padded to a multiple of the
+    device count (zero samples change nothing). Returns the array and the true row count.
+
+    A NumPy array or memory map is read shard by shard (each device's rows only, in chunks), and
+    checked for finiteness on the way, so the whole matrix is never copied at once.
+    """
+    if len(getattr(X, "shape", ())) != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features); got shape {getattr(X, 'shape', None)}")
+    n_dev = mesh.devices.size
+    if isinstance(X, jax.Array):
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (n_samples, n_features); got shape {X.shape}")
+        N = X.shape[0]
+        pad = (-N) % n_dev
+        with jax.enable_x64(True):
+            Xj = jnp.pad(X.astype(jnp.float64), ((0, pad), (0, 0)))
+            if not bool(jnp.isfinite(Xj).all()):
+                raise ValueError("X must be finite; found NaN or infinity")
+            return jax.device_put(Xj, NamedSharding(mesh, P(AXIS, None))), N
+    # Anything with shape, dtype and row slicing is read lazily (NumPy arrays, memory maps, and
+    # RowChunks); other array-likes are converted.
+    arr = X if all(hasattr(X, a) for a in ("shape", "dtype", "__getitem__")) else np.asarray(X)
+    if np.dtype(arr.dtype).kind not in "biuf":
+        raise TypeError(f"X must hold real numbers (bool, int or float); got dtype {arr.dtype}")
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features); got shape {arr.shape}")
+    N, D = arr.shape
+    Np = N + (-N) % n_dev
+
+    def rows(index):
+        lo, hi, _ = index[0].indices(Np)
+        out = np.zeros((hi - lo, D))
+        for a in range(lo, min(hi, N), _CHUNK_ROWS):
+            b = min(a + _CHUNK_ROWS, hi, N)
+            chunk = np.asarray(arr[a:b], dtype=np.float64)
+            if not np.isfinite(chunk).all():
+                bad = np.argwhere(~np.isfinite(chunk))[0]
+                raise ValueError(f"X must be finite; found {chunk[tuple(bad)]} at row {a + bad[0]}, "
+                                 f"column {bad[1]}")
+            out[a - lo:b - lo] = chunk
+        return out
+
+    with jax.enable_x64(True):
+        Xj = jax.make_array_from_callback((Np, D), NamedSharding(mesh, P(AXIS, None)), rows,
+                                          dtype=jnp.float64)
+    return Xj, N
+
+
+class ShardState(NamedTuple):
+    B: jax.Array  # (n_local, K)
+    P: jax.Array  # (n_local, K)
+    flipped: jax.Array  # (n_local, K)
+    A: jax.Array  # (d, K), replicated
+    C: jax.Array  # (K, K), replicated
+    round_flips: jax.Array  # flips in the current round (replicated): "any flipped" without a collective
+    n_flips: jax.Array
+    steps: jax.Array
+    done: jax.Array
+    converged: jax.Array
+
+
+def _reduce(X_l):
+    """Per shard: Y_l = (X_l U)^T with U the eigenvectors of the summed Gram matrix."""
+    G = lax.psum(X_l.T @ X_l, AXIS)
+    _, U = jnp.linalg.eigh(G)
+    return (X_l @ U[:, ::-1]).T
+
+
+def _fixed_point(Y_l, B_l):
+    def body(state):
+        B, _, it = state
+        Q, unique = polar_factor(lax.psum(Y_l @ B, AXIS), jnp)  # replicated: same answer everywhere
+        new = jnp.where(unique, sign(Y_l.T @ Q, jnp), B)
+        changed = lax.psum(jnp.any(new != B).astype(jnp.int32), AXIS) > 0
+        return new, jnp.logical_and(unique, changed), it + 1
+
+    out = lax.while_loop(lambda s: jnp.logical_and(s[1], s[2] < _FIXED_POINT_MAX_ITER), body,
+                         (B_l, jnp.array(True), jnp.array(0, jnp.int32)))
+    return out[0]
+
+
+def _running(state: ShardState, max_steps):
+    return jnp.logical_and(~state.done, state.steps < max_steps)
+
+
+def _step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
+    n_l, K = state.B.shape
+    offset = lax.axis_index(AXIS) * n_l * K  # global flat index of this shard's first bit
+    cur = gram_nuclear(state.C, jnp)
+    gains = jnp.where(state.flipped, -jnp.inf, candidate_gains(state.B, state.P, state.C, g_l, jnp))
+    flat = gains.reshape(-1)
+    best = lax.pmax(flat.max(), AXIS)
+    tie = flat >= best - TIE_RTOL * cur
+    big = jnp.iinfo(jnp.int32).max
+    j = lax.pmin(jnp.where(jnp.any(tie), offset + jnp.argmax(tie), big).astype(jnp.int32), AXIS)
+    improve = best > tol * cur
+    capped = jnp.logical_and(improve, state.n_flips >= max_flips)
+    do_flip = jnp.logical_and(improve, ~capped)
+
+    local = j - offset
+    mine = jnp.logical_and(local >= 0, local < n_l * K)
+    n = jnp.clip(local // K, 0, n_l - 1)
+    k = j % K
+    # The owner of bit j hands y_n and the bit's sign to every device (one psum of d + 1 numbers).
+    packet = jnp.where(mine, jnp.concatenate([Y_l[:, n], state.B[n, k][None]]), 0.0)
+    packet = lax.psum(packet, AXIS)
+    y_n, s = packet[:-1], packet[-1]
+
+    A = jnp.where(do_flip, state.A.at[:, k].add(-2.0 * s * y_n), state.A)
+    P_new = jnp.where(do_flip, state.P.at[:, k].add(-2.0 * s * (Y_l.T @ y_n)), state.P)
+    here = jnp.logical_and(do_flip, mine)
+    B = jnp.where(here, state.B.at[n, k].set(-s), state.B)
+    flipped = jnp.where(here, state.flipped.at[n, k].set(True), state.flipped)
+    any_flipped = state.round_flips > 0
+    new_round = jnp.logical_and(~improve, any_flipped)
+    stop = jnp.logical_or(capped, jnp.logical_and(~improve, ~any_flipped))
+    return ShardState(
+        B=B, P=P_new,
+        flipped=jnp.where(new_round, False, flipped),
+        A=A, C=A.T @ A,
+        round_flips=jnp.where(new_round, 0, state.round_flips + do_flip.astype(jnp.int32)),
+        n_flips=state.n_flips + do_flip.astype(jnp.int32),
+        steps=state.steps + 1, done=stop, converged=jnp.logical_and(stop, ~capped),
+    )
+
+
+def _search_local(X_l, g, max_flips, tol, *, warm_start, use_l2):
+    """One start, per shard. ``g`` (D, K): the Gaussian draw of a random start (unused for L2)."""
+    K = g.shape[1]
+    Y_l = _reduce(X_l)
+    B = l2_start_matrix(Y_l, K, warm_start, jnp) if use_l2 else sign(X_l @ g, jnp)
+    if warm_start:
+        B = _fixed_point(Y_l, B)
+    A = lax.psum(Y_l @ B, AXIS)
+    zero = jnp.array(0, jnp.int32)
+    state = ShardState(B=B, P=Y_l.T @ A, flipped=jnp.zeros(B.shape, bool), A=A, C=A.T @ A,
+                       round_flips=zero, n_flips=zero, steps=zero, done=jnp.array(False),
+                       converged=jnp.array(False))
+    g_l = jnp.sum(Y_l * Y_l, axis=0)
+    out = lax.while_loop(functools.partial(_running, max_steps=2 * max_flips + 2),
+                         functools.partial(_step, Y_l, g_l, max_flips, tol), state)
+    return out.B, gram_nuclear(out.C, jnp), out.n_flips, out.converged
+
+
+@functools.lru_cache(maxsize=32)
+def _search_program(mesh, warm_start, use_l2):
+    """The jitted sharded search for a mesh and start kind (cached: built once per combination)."""
+    fn = functools.partial(_search_local, warm_start=warm_start, use_l2=use_l2)
+    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(AXIS, None), P(), P(), P()),
+                           out_specs=(P(AXIS, None), P(), P(), P()), check_vma=False)
+    return jax.jit(mapped)
+
+
+@functools.lru_cache(maxsize=32)
+def _reductions(mesh):
+    """Jitted ``X^T B`` and per-column ``||X Q||_1``, summed over shards."""
+    xtb = jax.jit(jax.shard_map(lambda X_l, B_l: lax.psum(X_l.T @ B_l, AXIS), mesh=mesh,
+                                in_specs=(P(AXIS, None), P(AXIS, None)), out_specs=P()))
+    l1 = jax.jit(jax.shard_map(lambda X_l, Q: lax.psum(jnp.abs(X_l @ Q).sum(axis=0), AXIS),
+                               mesh=mesh, in_specs=(P(AXIS, None), P()), out_specs=P()))
+    return xtb, l1
+
+
+def search_sharded(Xs, n_rows, n_components, G, *, mesh, max_flips, tol, warm_start=True):
+    """L1-BF on a row-sharded ``Xs`` (from :func:`shard_rows`); every start, best kept.
+
+    Returns ``(B, n_flips, converged)`` with B (N, K) on the host (padding rows removed) and the
+    helpers the caller needs for the Procrustes step: ``(xtb(Xs, B_sharded), l1(Xs, Q))``.
+    """
+    K = n_components
+    D = Xs.shape[1]
+    if Xs.shape[0] < D:
+        raise ValueError(f"the sharded path needs n_samples >= n_features; got {n_rows} x {D}")
+    best, flips = None, 0
+    with jax.enable_x64(True):
+        args = (jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64))
+        starts = [(True, np.zeros((D, K)))] + [(False, g) for g in G]
+        for use_l2, g in starts:
+            run = _search_program(mesh, bool(warm_start), use_l2)
+            B, val, nf, conv = run(Xs, jnp.asarray(g, jnp.float64), *args)
+            val = float(val)
+            flips += int(nf)
+            if best is None or val > best[1]:
+                best = (B, val, bool(conv))
+        xtb, l1 = _reductions(mesh)
+        B = best[0]
+        M = np.asarray(xtb(Xs, B))
+    return np.asarray(B)[:n_rows], M, flips, best[2], functools.partial(_column_l1, l1, Xs)
+
+
+def _column_l1(l1, Xs, Q):
+    with jax.enable_x64(True):
+        return np.asarray(l1(Xs, jnp.asarray(Q, jnp.float64)))
+
+
+def collectives_per_flip(mesh, n_rows, n_features, n_components):
+    """Collective operations in one flip step, counted in its jaxpr (for ``bench/sharded.py``)."""
+    K = n_components
+
+    def setup(X_l):
+        Y_l = _reduce(X_l)
+        B = sign(X_l[:, :K], jnp)
+        A = lax.psum(Y_l @ B, AXIS)
+        zero = jnp.array(0, jnp.int32)
+        state = ShardState(B=B, P=Y_l.T @ A, flipped=jnp.zeros(B.shape, bool), A=A, C=A.T @ A,
+                           round_flips=zero, n_flips=zero, steps=zero, done=jnp.array(False),
+                           converged=jnp.array(False))
+        return Y_l, state
+
+    def setup_and_step(X_l):
+        Y_l, state = setup(X_l)
+        return _step(Y_l, jnp.sum(Y_l * Y_l, axis=0), jnp.array(10), 1e-9, state).B
+
+    spec = dict(mesh=mesh, in_specs=P(AXIS, None), out_specs=P(AXIS, None), check_vma=False)
+    with jax.enable_x64(True):
+        X = jax.ShapeDtypeStruct((n_rows, n_features), jnp.float64)
+        full = _count(jax.make_jaxpr(jax.shard_map(setup_and_step, **spec))(X).jaxpr)
+        before = _count(jax.make_jaxpr(jax.shard_map(lambda X_l: setup(X_l)[1].B, **spec))(X).jaxpr)
+    full = {k: v - before.get(k, 0) for k, v in full.items()}
+    return {name: count for name, count in full.items() if count > 0}
+
+
+_COLLECTIVES = ("psum", "pmax", "pmin", "all_gather", "all_to_all", "ppermute", "psum_invariant")
+
+
+def _count(jx, counts=None):
+    counts = {} if counts is None else counts
+    for eqn in jx.eqns:
+        name = eqn.primitive.name
+        if name in _COLLECTIVES or name.startswith(("psum", "pmax", "pmin")):
+            counts[name] = counts.get(name, 0) + 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jax.extend.core.Jaxpr):
+                    _count(sub, counts)
+    return counts
