@@ -113,6 +113,9 @@ def _common_arguments(p):
     p.add_argument("--devices", default=None, metavar="all|N",
                    help="shard the samples over JAX devices ('all' or a count) for matrices larger "
                         "than one device; a .npy DATA is memory-mapped and streamed in chunks")
+    p.add_argument("--distributed", action="store_true",
+                   help="with --devices: join a multi-host job first (jax.distributed; reads "
+                        "L1PCA_COORDINATOR, L1PCA_NUM_PROCESSES, L1PCA_PROCESS_ID or JOB_COMPLETION_INDEX)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
 
 
@@ -232,6 +235,18 @@ def cmd_fit(args):
                              "only --method bitflip")
         if not Path(args.data).exists():
             raise ValueError(f"DATA={args.data!r}: no such file")
+        primary = True
+        if args.distributed:
+            from l1pca.kernels.sharded import initialize_distributed
+
+            primary = initialize_distributed() == 0
+        if not primary:  # every process takes part in the fit; process 0 alone writes the outputs
+            import tempfile
+
+            args.quiet = True
+            with tempfile.TemporaryDirectory() as scratch:
+                _fit_sharded(args.data, args, Path(scratch))
+            return 0
         out.mkdir(parents=True, exist_ok=True)
         model = _fit_sharded(args.data, args, out)
     else:

@@ -271,7 +271,37 @@ def search_sharded(Xs, n_rows, n_components, G, *, mesh, max_flips, tol, warm_st
         xtb, l1 = _reductions(mesh)
         B = best[0]
         M = np.asarray(xtb(Xs, B))
-    return np.asarray(B)[:n_rows], M, flips, best[2], functools.partial(_column_l1, l1, Xs)
+    return _to_host(B)[:n_rows], M, flips, best[2], functools.partial(_column_l1, l1, Xs)
+
+
+def _to_host(A):
+    """A row-sharded array on the host; across processes (multi-host) every process gets it all."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(A, tiled=True))
+    return np.asarray(A)
+
+
+def initialize_distributed(coordinator=None, num_processes=None, process_id=None):
+    """``jax.distributed.initialize`` from arguments or the environment, for multi-host jobs.
+
+    Environment: ``L1PCA_COORDINATOR`` (host:port of process 0), ``L1PCA_NUM_PROCESSES``, and
+    ``L1PCA_PROCESS_ID`` or, in a Kubernetes indexed Job, ``JOB_COMPLETION_INDEX``.
+    """
+    import os
+
+    coordinator = coordinator or os.environ.get("L1PCA_COORDINATOR")
+    num_processes = num_processes or os.environ.get("L1PCA_NUM_PROCESSES")
+    if process_id is None:
+        process_id = os.environ.get("L1PCA_PROCESS_ID", os.environ.get("JOB_COMPLETION_INDEX"))
+    missing = [n for n, v in (("L1PCA_COORDINATOR", coordinator), ("L1PCA_NUM_PROCESSES", num_processes),
+                              ("L1PCA_PROCESS_ID or JOB_COMPLETION_INDEX", process_id)) if v in (None, "")]
+    if missing:
+        raise ValueError(f"multi-host start needs {', '.join(missing)}")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num_processes),
+                               process_id=int(process_id))
+    return jax.process_index()
 
 
 def _column_l1(l1, Xs, Q):
