@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test venv bench clean
+.PHONY: test venv bench clean serve proto bench-service
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,25 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/optimality.py
 	$(PY) bench/solver_speed.py
+	$(PY) bench/sharded.py
+
+# The gRPC service on 127.0.0.1:50051, metrics on 127.0.0.1:9464 (flags: SERVE_ARGS='--port 6000').
+serve: $(STAMP)
+	$(PY) -m l1pca.client.cli serve $(SERVE_ARGS)
+
+# Regenerate the committed gRPC / protobuf stubs after editing proto/l1pca/v1/l1pca.proto.
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+# Loopback load test of the service; writes bench/results/service_load.{md,json}.
+bench-service: $(STAMP)
+	$(PY) bench/service_load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Every table and figure of the paper reproduction (bench/README.md); about 20 minutes on 2 cores.
+# `make bench-paper PAPER_ARGS='--quick --out /tmp/paper-quick'` runs tiny sizes in seconds.
+.PHONY: bench-paper
+bench-paper: $(STAMP)
+	$(PY) bench/paper/run_all.py $(PAPER_ARGS)
