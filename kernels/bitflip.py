@@ -99,7 +99,7 @@ def select_flip(gains, cur, xp=np):
     """
     flat = gains.reshape(-1)
     best = flat.max()
-    j = xp.argmax(flat >= best - TIE_RTOL * cur)
+    j = xp.argmax((flat >= best - TIE_RTOL * cur).astype(xp.int8))  # int8: argmax on bool is not universal
     return j, flat[j]
 
 
