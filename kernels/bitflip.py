@@ -63,20 +63,33 @@ def gram_nuclear(M, xp=np):
     if K == 1:
         return xp.sqrt(xp.clip(M[..., 0, 0], 0.0, None))
     if K == 2:
-        # s1 + s2 = sqrt(s1^2 + s2^2 + 2 s1 s2) = sqrt(tr M + 2 sqrt(det M)).
-        tr = M[..., 0, 0] + M[..., 1, 1]
-        det = M[..., 0, 0] * M[..., 1, 1] - M[..., 0, 1] * M[..., 1, 0]
-        det = xp.where(det > EIG_FLOOR * tr * tr, det, 0.0)  # lambda_2 < floor * lambda_1
-        return xp.sqrt(xp.clip(tr + 2.0 * xp.sqrt(det), 0.0, None))
+        return _nuclear2(M[..., 0, 0], M[..., 1, 1], M[..., 0, 1], xp)
     w = xp.linalg.eigvalsh(M)
     w = xp.where(w > EIG_FLOOR * xp.abs(w).sum(axis=-1, keepdims=True), w, 0.0)
     return xp.sqrt(w).sum(axis=-1)
+
+
+def _nuclear2(a, b, c, xp=np):
+    """Nuclear norm for the 2 x 2 Gram [[a, c], [c, b]]: s1 + s2 = sqrt(tr + 2 sqrt(det))."""
+    tr = a + b
+    det = a * b - c * c
+    det = xp.where(det > EIG_FLOOR * tr * tr, det, 0.0)  # lambda_2 < floor * lambda_1: zero
+    return xp.sqrt(xp.clip(tr + 2.0 * xp.sqrt(det), 0.0, None))
 
 
 def candidate_gains(B, P, C, g, xp=np):
     """Gain in ``||Y B||_*`` of flipping each bit (n, k) alone; shape (N, K)."""
     N, K = B.shape
     cur = gram_nuclear(C, xp)
+    if K == 2:
+        # The 2 x 2 candidate Gram directly: entry (k, k) gains 2 w_k + 4 g_n, entry (k, j) gains w_j,
+        # entry (j, j) is unchanged (w = -2 B[n, k] P[n, :]); ten element-wise operations per bit.
+        s = -2.0 * B
+        diag = xp.stack([C[0, 0], C[1, 1]])
+        kk = diag[None, :] + 2.0 * s * P + 4.0 * g[:, None]
+        jj = diag[::-1][None, :]
+        kj = C[0, 1] + s * P[:, ::-1]
+        return _nuclear2(kk, jj, kj, xp) - cur
     if K == 1:
         dsq = 4.0 * (g[:, None] - B * P)  # change of ||Y b||^2
         new = xp.sqrt(xp.clip(C[0, 0] + dsq, 0.0, None))

@@ -188,3 +188,22 @@ def test_starts_are_l2_then_random():
     s = l2_start(Y)
     assert np.array_equal(res.signs[:, 0], s) or np.array_equal(res.signs[:, 0], -s)
     np.testing.assert_array_equal(sign(np.zeros(3)), np.ones(3))
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4])
+def test_candidate_gains_equal_a_fresh_svd_per_flip(K):
+    """The incremental gains (closed forms for K = 1, 2; K x K eigenvalues above) against the
+    definition: the nuclear norm of Y B with one bit flipped, minus the current one."""
+    from l1pca.kernels.bitflip import candidate_gains
+
+    rng = np.random.default_rng(30 + K)
+    Y = rng.standard_normal((6, 25))
+    B = np.where(rng.standard_normal((25, K)) > 0, 1.0, -1.0)
+    A = Y @ B
+    gains = candidate_gains(B, Y.T @ A, A.T @ A, (Y * Y).sum(axis=0))
+    cur = np.linalg.svd(A, compute_uv=False).sum()
+    for n in range(25):
+        for k in range(K):
+            B[n, k] *= -1
+            assert gains[n, k] == pytest.approx(np.linalg.svd(Y @ B, compute_uv=False).sum() - cur, abs=1e-9)
+            B[n, k] *= -1
