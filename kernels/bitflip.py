@@ -121,21 +121,39 @@ def _state(Y, B):
     return A, Y.T @ A, A.T @ A
 
 
-POLAR_RTOL = 1e-8
+POLAR_RTOL = 1e-6
 """Y B counts as rank-deficient (its Procrustes factor not unique) below this singular-value ratio."""
 
 
 def polar_factor(A, xp=np):
-    """``U V^T`` from the thin SVD ``A = U S V^T`` (up to scale for K = 1), and whether it is unique.
+    """``U V^T`` of the thin SVD ``A = U S V^T`` (up to scale for K = 1), and whether it is unique.
 
-    When A is rank-deficient (the L2 start copies one column K times) the factor depends on how an
-    SVD routine completes the null space, which differs between LAPACK, XLA and cuSOLVER; the fixed
-    point then stops rather than follow an arbitrary direction.
+    Computed as ``A (A^T A)^(-1/2)`` from the K x K Gram (a closed form for K = 2): batched small SVDs
+    are slow under ``vmap`` on the CPU, and the warm start only needs the signs of ``Y^T Q``.
+    When A is rank-deficient (the paper's L2 start copies one column K times) the factor is not
+    unique and an SVD routine's choice differs between LAPACK, XLA and cuSOLVER; the fixed point then
+    stops rather than follow an arbitrary direction.
     """
-    if A.shape[1] == 1:
+    K = A.shape[1]
+    if K == 1:
         return A, xp.sum(A * A) > 0
-    U, sv, Vt = xp.linalg.svd(A, full_matrices=False)
-    return U @ Vt, sv[-1] > POLAR_RTOL * sv[0]
+    C = A.T @ A
+    if K == 2:
+        a, b, c = C[0, 0], C[1, 1], C[0, 1]
+        tr, det = a + b, a * b - c * c
+        unique = det > POLAR_RTOL ** 2 * tr * tr  # lambda_min / lambda_max > rtol^2, roughly
+        sq = xp.sqrt(xp.clip(det, 0.0, None))
+        t = xp.where(unique, xp.sqrt(tr + 2.0 * sq), 1.0)  # no division by zero when A = 0
+        # sqrt(C) = (C + sqrt(det) I) / t; its inverse by the 2 x 2 adjugate.
+        r00, r11, r01 = (a + sq) / t, (b + sq) / t, c / t
+        rdet = xp.where(unique, r00 * r11 - r01 * r01, 1.0)
+        inv = xp.stack([xp.stack([r11, -r01]), xp.stack([-r01, r00])]) / rdet
+        return A @ inv, unique
+    w, V = xp.linalg.eigh(C)
+    unique = w[0] > POLAR_RTOL ** 2 * w[-1]
+    floor = xp.maximum(w[-1] * POLAR_RTOL ** 2, np.finfo(np.float64).tiny)
+    inv_sqrt = xp.where(unique, 1.0 / xp.sqrt(xp.maximum(w, floor)), 0.0)
+    return A @ (V * inv_sqrt) @ V.T, unique
 
 
 def fixed_point(Y, B, *, max_iter=100, xp=np):
