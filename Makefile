@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) deploy-tools
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -45,3 +45,16 @@ clean:
 .PHONY: bench-paper
 bench-paper: $(STAMP)
 	$(PY) bench/paper/run_all.py $(PAPER_ARGS)
+
+# prometheus, promtool and kustomize for the deploy and monitoring tests, into deploy/.tools/bin
+# (git-ignored), from Debian's and npm's registries; a no-op once there (deploy/tools/install-tools.sh).
+.PHONY: deploy-tools
+deploy-tools:
+	bash deploy/tools/install-tools.sh
+
+# The CPU image's Python environment built the way deploy/docker/Dockerfile.cpu builds it, and a
+# server run from it; the CUDA image's lock resolved for its platform. About 3 minutes, ~700 MB in a
+# temporary directory; CI runs it after `make test`.
+.PHONY: test-image
+test-image: $(STAMP)
+	L1PCA_TEST_IMAGE=1 $(PY) -m pytest -q tests/test_deploy_image.py

@@ -1,12 +1,14 @@
 """l1pca.client: the Python client of the l1pca service, the ``Model`` it returns, and the CLI."""
 from .model import Model
 
-__all__ = ["Model", "Client", "ClientError"]
+__all__ = ["Model", "Client", "AsyncClient", "ClientError", "Retry", "OutlierScores"]
+
+_GRPC_NAMES = ("Client", "AsyncClient", "ClientError", "Retry", "OutlierScores")
 
 
 def __getattr__(name):
     # The gRPC client pulls in grpcio; import it on first use so Model works without it.
-    if name in ("Client", "ClientError"):
+    if name in _GRPC_NAMES:
         from . import grpc_client
 
         return getattr(grpc_client, name)

@@ -5,10 +5,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._validation import METHODS, BACKENDS, check_choice, check_n_components, check_positive_int
 from .bitflip import DEFAULT_TOL
-from .scoring import center_of, check_contamination, residuals, robust_threshold, sample_scores
-from .solve import DEFAULT_N_INIT, solve
+from .fitting import fit_many
+from .scoring import residuals, sample_scores
+from .solve import DEFAULT_N_INIT
 
 
 class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
@@ -105,26 +105,18 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         ``progress(done, total)``, if given, is called as L1-BF starts finish.
         """
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1, reset=True)
-        check_choice(self.method, "method", METHODS)
-        check_choice(self.backend, "backend", BACKENDS)
-        check_choice(self.center, "center", ("median", "mean", None))
-        check_positive_int(self.n_init, "n_init")
-        check_contamination(self.contamination)
-        check_n_components(self.n_components, *X.shape)
-        center = center_of(X, self.center)
-        res = solve(X - center, self.n_components, method=self.method, n_init=self.n_init,
-                    backend=self.backend, random_state=self.random_state,
-                    max_flips=self.max_flips, tol=self.tol, warm_start=self.warm_start,
-                    progress=progress)
-        scores = sample_scores(residuals(X, center, res.components))
-        self.center_ = center
-        self.components_ = res.components.T.copy()
-        self.objective_ = res.objective
-        self.n_flips_ = res.n_flips
-        self.backend_ = res.backend
-        self.converged_ = res.converged
-        self.training_scores_ = scores
-        self.threshold_ = robust_threshold(scores, contamination=self.contamination, n_mad=self.n_mad)
+        fit = fit_many([X], self.n_components, method=self.method, center=self.center,
+                       n_init=self.n_init, seeds=[self.random_state], contamination=self.contamination,
+                       n_mad=self.n_mad, backend=self.backend, max_flips=self.max_flips, tol=self.tol,
+                       warm_start=self.warm_start, progress=progress)[0]
+        self.center_ = fit.center
+        self.components_ = fit.components
+        self.objective_ = fit.objective
+        self.n_flips_ = fit.n_flips
+        self.backend_ = fit.backend
+        self.converged_ = fit.converged
+        self.training_scores_ = fit.training_scores
+        self.threshold_ = fit.threshold
         self.offset_ = self.threshold_
         return self
 

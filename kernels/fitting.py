@@ -3,27 +3,24 @@
 This is :meth:`l1pca.kernels.L1PCA.fit` without the estimator object: the same validation, the same
 :mod:`l1pca.kernels.scoring` functions and one :func:`l1pca.kernels.solve_batch` call for the whole
 list, so the gRPC service batches concurrent requests without doing any arithmetic of its own.
-``fit_many([X], K, seeds=[s], backend=b)[0]`` equals ``L1PCA(K, random_state=s, backend=b).fit(X)``.
+``fit_many([X], K, seeds=[s], backend="numpy")[0]`` equals
+``L1PCA(K, random_state=s, backend="numpy").fit(X)`` field for field.
 
-Batch padding on the JAX backend
---------------------------------
-XLA compiles one program per stacked shape ``(batch, rows, cols)``. A server that sent every batch
-size it forms would compile at run time again and again, so ``batch_sizes`` rounds each shape
-bucket's batch up to the next allowed size by repeating its first matrix (the copies are computed and
-dropped; problems in a ``vmap`` do not interact).
-
-Padding always makes a JAX bucket at least two problems: XLA specialises a batch of one and rounds
-differently, and L1-BF's path is sensitive to the last bit (a near-tie between two flips can send it to
-a different local optimum). With the padding, a matrix gets the same answer alone and in any batch.
+One answer per matrix, whatever the batch
+-----------------------------------------
+With a fixed backend, a matrix gets the same answer alone and in any batch: the batched JAX path
+pads buckets and batches with zeros, which change no decision, and every rounding-sensitive choice
+(ties between flips, the warm start's Procrustes factor) is made by formulas shared by all paths
+(``tests/test_service_fitting.py`` checks it). ``backend="auto"`` may pick NumPy for a lone matrix
+and JAX for a batch; the two agree too, but not to the last bit, and L1-BF's path can turn on a
+near-tie, so the service pins one backend for its life.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from . import backends
 from ._validation import (
     BACKENDS,
     METHODS,
@@ -34,11 +31,9 @@ from ._validation import (
     check_random_state,
 )
 from .scoring import center_of, check_contamination, residuals, robust_threshold, sample_scores
-from .solve import DEFAULT_N_INIT, bucket_shape, solve_batch
+from .solve import DEFAULT_N_INIT, solve_batch
 
 CENTERS = ("median", "mean", None)
-MIN_JAX_BATCH = 2
-"""Smallest stacked batch sent to JAX (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -75,16 +70,8 @@ class FitResult:
     converged: bool
 
 
-def padded_size(count, batch_sizes):
-    """Smallest allowed batch size >= ``count`` (and >= :data:`MIN_JAX_BATCH`); ``count`` if none is."""
-    want = max(int(count), MIN_JAX_BATCH)
-    fits = [int(b) for b in (batch_sizes or ()) if int(b) >= want]
-    return min(fits) if fits else want
-
-
 def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DEFAULT_N_INIT,
-             seeds=None, contamination="auto", n_mad=3.0, backend="auto",
-             batch_sizes: Sequence[int] | None = None):
+             seeds=None, contamination="auto", n_mad=3.0, backend="auto", **solver_options):
     """Fit one L1-PCA model per matrix, with one batched solver call.
 
     Parameters
@@ -95,14 +82,15 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
         K, the same for every matrix; each needs ``K <= min(n_samples_i, n_features_i)``.
     method : {"bitflip", "exact", "l2", "fixed-point", "non-greedy"}, default="bitflip"
     center : {"median", "mean"} or None, default="median"
-    n_init : int, default=4
+    n_init : int, default=8
     seeds : sequence of int or None, optional
         One seed per matrix (``None`` entries draw fresh entropy); default: all ``None``.
     contamination : "auto" or float in (0, 0.5], default="auto"
     n_mad : float, default=3.0
     backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
-    batch_sizes : sequence of int, optional
-        Allowed stacked batch sizes on the JAX path (each bucket is padded up to the next one).
+    **solver_options
+        ``max_flips``, ``tol``, ``warm_start``, ``progress``: passed to
+        :func:`l1pca.kernels.solve_batch`.
 
     Returns
     -------
@@ -128,9 +116,8 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
 
     centers = [center_of(X, center) for X in mats]
     centred = [X - c for X, c in zip(mats, centers)]
-    run_X, run_seeds = _pad_jax_buckets(centred, seeds, method, backend, batch_sizes)
-    results = solve_batch(run_X, n_components, method=method, n_init=n_init, backend=backend,
-                          random_state=run_seeds)[: len(mats)]
+    results = solve_batch(centred, n_components, method=method, n_init=n_init, backend=backend,
+                          random_state=seeds, **solver_options)
 
     out = []
     for X, c, res in zip(mats, centers, results):
@@ -148,22 +135,3 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
             converged=res.converged,
         ))
     return out
-
-
-def _pad_jax_buckets(mats, seeds, method, backend, batch_sizes):
-    """Append copies so that each shape bucket that runs on JAX has an allowed batch size.
-
-    The copies go after the real matrices, so ``results[:len(mats)]`` are the real answers.
-    """
-    buckets: dict[tuple[int, int], list[int]] = {}
-    for i, X in enumerate(mats):
-        buckets.setdefault(bucket_shape(*X.shape), []).append(i)
-    extra_X, extra_seeds = [], []
-    for idx in buckets.values():
-        count = len(idx)
-        if backends.resolve(backend, method, batch_size=count) != "jax":
-            continue  # padding never changes which backend runs ("auto" decides on the real count)
-        target = padded_size(count, batch_sizes)
-        extra_X += [mats[idx[0]]] * (target - count)
-        extra_seeds += [seeds[idx[0]]] * (target - count)
-    return list(mats) + extra_X, list(seeds) + extra_seeds

@@ -256,8 +256,10 @@ def jax_batch_size(count):
 
 def _jax_compiled(key):
     """Whether this process already compiled the JAX program for a bucket (without importing JAX)."""
-    module = sys.modules.get("l1pca.kernels.bitflip_jax")
-    return module is not None and module.is_compiled(key)
+    # Another thread may be importing the module right now: a half-initialised module has no
+    # is_compiled yet, and then nothing is compiled.
+    is_compiled = getattr(sys.modules.get("l1pca.kernels.bitflip_jax"), "is_compiled", None)
+    return is_compiled is not None and is_compiled(key)
 
 
 class _Ticker:

@@ -1,0 +1,409 @@
+"""Python client of the l1pca service: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+
+>>> from l1pca.client import Client
+>>> with Client("127.0.0.1:50051", timeout_s=30) as client:          # doctest: +SKIP
+...     model = client.fit(X, n_components=2, seed=0)
+...     Z = client.transform(model, X)
+...     result = client.score_outliers(X, model=model)
+
+NumPy in, NumPy out; the fitted :class:`~l1pca.client.Model` is kept by the caller (the service is
+stateless) and also works locally (``model.transform(X)``, ``model.score_samples(X)``).
+
+* Errors: one type, :class:`ClientError`, raised ``from`` the gRPC error, with the status code kept in
+  ``err.code`` (a :class:`grpc.StatusCode`) and the server's message in ``err.details``. Input that
+  would be refused is refused here, before sending, with ``INVALID_ARGUMENT``.
+* Deadlines: ``timeout_s`` bounds a whole call, retries included; each attempt gets what is left.
+* Retries: :class:`Retry`, full-jitter exponential backoff, only for transient codes (UNAVAILABLE,
+  RESOURCE_EXHAUSTED, except a message over the size limit, which no retry can fix).
+* Targets: ``"host:port"``; any gRPC URI (``"dns:///l1pca.ns.svc:50051"``, the Kubernetes headless
+  service pattern, balances over every address the name resolves to); or ``"h1:p1,h2:p2"``, resolved
+  once to an ``ipv4:`` / ``ipv6:`` address list. The channel balances calls round-robin.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import grpc
+import numpy as np
+
+from l1pca.v1 import l1pca_pb2 as pb
+from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
+
+from . import wire
+from .model import Model
+
+TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+class ClientError(Exception):
+    """An error of a call to the l1pca service.
+
+    Attributes
+    ----------
+    code : grpc.StatusCode
+    details : str
+        The server's message (what was wrong and what to do).
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError, note: str = ""):
+        code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+        details = err.details() if callable(getattr(err, "details", None)) else str(err)
+        return cls(code, f"{details or ''}{note}")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Retry policy: full-jitter exponential backoff on transient status codes.
+
+    The n-th retry sleeps a uniform random time in ``[0, min(maximum_s, initial_s * multiplier**n)]``
+    (AWS "full jitter": concurrent clients spread out). Retrying stops at the call's deadline, after
+    ``deadline_s`` seconds if that is shorter, or after ``max_attempts`` attempts.
+    """
+
+    initial_s: float = 0.05
+    maximum_s: float = 2.0
+    multiplier: float = 2.0
+    deadline_s: float | None = None
+    max_attempts: int = 1000
+    codes: frozenset = TRANSIENT_CODES
+
+    def retryable(self, code, details):
+        if code not in self.codes:
+            return False
+        # RESOURCE_EXHAUSTED also reports a message over the size limit: retrying cannot help.
+        return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""))
+
+    def sleep_s(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.maximum_s, self.initial_s * self.multiplier ** attempt))
+
+
+DEFAULT_RETRY = Retry()
+
+
+class OutlierScores(NamedTuple):
+    """Answer of ``score_outliers``.
+
+    scores : ndarray (n_samples,)
+        Distance of each sample from the model's subspace.
+    is_outlier : ndarray (n_samples,) of bool
+        ``scores > model.threshold``.
+    entry_scores : ndarray (n_samples, n_features) or None
+        ``|residual|`` per entry, when asked for.
+    model : Model
+        The model used (the fitted one when no model was given).
+    """
+
+    scores: np.ndarray
+    is_outlier: np.ndarray
+    entry_scores: np.ndarray | None
+    model: Model
+
+
+# -- targets and channels ---------------------------------------------------------------------
+def _split_host_port(part):
+    if part.startswith("["):
+        host, _, rest = part[1:].partition("]")
+        return host, rest.lstrip(":")
+    host, _, port = part.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"target entry {part!r} is not HOST:PORT")
+    return host, port
+
+
+def resolve_target(target: str) -> str:
+    """The gRPC target for ``target`` (see the module docstring for the accepted forms)."""
+    parts = [p.strip() for p in target.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("target is empty; give HOST:PORT")
+    if len(parts) == 1:
+        return parts[0]
+    v4, v6 = [], []
+    for part in parts:
+        host, port = _split_host_port(part)
+        try:
+            ips = [ipaddress.ip_address(host)]
+        except ValueError:
+            ips = [ipaddress.ip_address(info[4][0]) for info in
+                   socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)]
+        if any(ip.version == 4 for ip in ips):
+            v4 += [f"{ip}:{port}" for ip in dict.fromkeys(ips) if ip.version == 4]
+        else:
+            v6 += [f"[{ip}]:{port}" for ip in dict.fromkeys(ips)]
+    if v4 and v6:
+        raise ValueError(f"target {target!r} mixes IPv4 and IPv6 addresses; gRPC needs one family")
+    return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
+
+
+def _channel_options(options):
+    base = {
+        "grpc.max_send_message_length": -1,
+        "grpc.max_receive_message_length": -1,
+        "grpc.service_config": _SERVICE_CONFIG,
+        # Reconnect soon after a server (re)starts; the retry policy paces the calls.
+        "grpc.initial_reconnect_backoff_ms": 100,
+        "grpc.min_reconnect_backoff_ms": 100,
+        "grpc.max_reconnect_backoff_ms": 2000,
+    }
+    base.update(dict(options or ()))
+    return list(base.items())
+
+
+# -- requests and answers (shared by both clients) ----------------------------------------------
+def _check_x(X, name="X"):
+    try:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers; got dtype {arr.dtype}")
+        if arr.ndim != 2 or 0 in arr.shape:
+            raise ValueError(f"{name} must be a non-empty 2-D array (n_samples, n_features); "
+                             f"got shape {arr.shape}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise ValueError(f"{name} must be finite; found {arr[tuple(bad)]} at row {bad[0]}, "
+                             f"column {bad[1]}")
+        return wire.encode_matrix(arr, name=name)
+    except (TypeError, ValueError) as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _options(X_msg, n_components, **kwargs):
+    limit = min(X_msg.rows, X_msg.cols)
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) \
+            or not 1 <= n_components <= limit:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"n_components={n_components!r} must be an int in "
+                          f"[1, min(n_samples, n_features)={limit}]")
+    try:
+        return wire.encode_options(n_components, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _fit_request(X, n_components, kwargs):
+    x = _check_x(X)
+    return pb.FitRequest(x=x, options=_options(x, n_components, **kwargs))
+
+
+def _transform_request(model, X):
+    if not isinstance(model, Model):
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"model must be an l1pca.client.Model; got {type(model).__name__}")
+    x = _check_x(X)
+    if x.cols != model.n_features:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"X has {x.cols} features; the model was fitted on {model.n_features}")
+    return pb.TransformRequest(model=wire.encode_model(model), x=x)
+
+
+def _score_request(X, model, n_components, return_entry_scores, kwargs):
+    if model is not None:
+        req = _transform_request(model, X)
+        return pb.ScoreOutliersRequest(model=req.model, x=req.x,
+                                       return_entry_scores=return_entry_scores)
+    x = _check_x(X)
+    return pb.ScoreOutliersRequest(fit=_options(x, n_components, **kwargs), x=x,
+                                   return_entry_scores=return_entry_scores)
+
+
+def _array(msg):
+    return np.array(wire.decode_matrix(msg, name="answer"))  # a writable copy
+
+
+def _score_answer(resp):
+    model = wire.decode_model(resp.model)
+    scores = _array(resp.sample_scores)[:, 0]
+    entries = _array(resp.entry_scores) if resp.HasField("entry_scores") else None
+    flags = np.zeros(scores.shape[0], dtype=bool)
+    flags[np.asarray(resp.outlier_rows, dtype=np.int64)] = True
+    return OutlierScores(scores, flags, entries, model)
+
+
+class _Base:
+    def __init__(self, target, *, timeout_s, retry, credentials, options):
+        if not (timeout_s is None or timeout_s > 0):
+            raise ValueError(f"timeout_s={timeout_s!r} must be a positive number of seconds or None")
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._grpc_target = resolve_target(target)
+        self._options = _channel_options(options)
+        self._credentials = credentials
+        self._rng = random.Random()
+
+    def _deadline(self, timeout_s):
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        now = time.monotonic()
+        end = float("inf") if timeout_s is None else now + timeout_s
+        retry_end = end
+        if self.retry is not None and self.retry.deadline_s is not None:
+            retry_end = min(end, now + self.retry.deadline_s)
+        return end, retry_end
+
+    def _next_sleep(self, err, attempt, end, retry_end):
+        """Seconds to sleep before the next attempt, or None to give up on ``err``."""
+        code, details = err.code(), err.details()
+        if self.retry is None or not self.retry.retryable(code, details) \
+                or attempt + 1 >= self.retry.max_attempts:
+            return None
+        sleep = self.retry.sleep_s(attempt, self._rng)
+        if time.monotonic() + sleep >= min(end, retry_end):
+            return None
+        return sleep
+
+
+class Client(_Base):
+    """Blocking client; a context manager that closes its channel.
+
+    Parameters
+    ----------
+    target : str
+        ``"host:port"``, a gRPC URI, or ``"h1:p1,h2:p2"`` (round-robin over the list).
+    timeout_s : float or None, default=60
+        Deadline of each call, retries included (None: no deadline).
+    retry : Retry or None, default=Retry()
+        None disables retries.
+    credentials : grpc.ChannelCredentials, optional
+        TLS; default an insecure (plaintext) channel.
+    options : sequence of (str, value), optional
+        Extra gRPC channel arguments.
+    """
+
+    def __init__(self, target, *, timeout_s=60.0, retry=DEFAULT_RETRY, credentials=None,
+                 options=None):
+        super().__init__(target, timeout_s=timeout_s, retry=retry, credentials=credentials,
+                         options=options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(self._grpc_target, options=self._options)
+        else:
+            self._channel = grpc.secure_channel(self._grpc_target, credentials, options=self._options)
+        self._stub = pb_grpc.L1PCAStub(self._channel)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self):
+        self._channel.close()
+
+    def _call(self, rpc, request, timeout_s):
+        end, retry_end = self._deadline(timeout_s)
+        for attempt in range(self.retry.max_attempts if self.retry else 1):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise ClientError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"no answer within the deadline after {attempt} attempts")
+            try:
+                return rpc(request, timeout=None if remaining == float("inf") else remaining)
+            except grpc.RpcError as err:
+                sleep = self._next_sleep(err, attempt, end, retry_end)
+                if sleep is None:
+                    raise ClientError.from_rpc(
+                        err, f" (after {attempt + 1} attempts)" if attempt else "") from err
+                time.sleep(sleep)
+        raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
+
+    def fit(self, X, n_components=1, *, method="bitflip", n_init=None, center="median", seed=None,
+            contamination="auto", timeout_s=None) -> Model:
+        """Fit on the server; the fitted :class:`Model` (with ``model.extra["seed"]``)."""
+        req = _fit_request(X, n_components, dict(method=method, n_init=n_init, center=center,
+                                                 seed=seed, contamination=contamination))
+        return wire.decode_model(self._call(self._stub.Fit, req, timeout_s).model)
+
+    def transform(self, model, X, *, timeout_s=None) -> np.ndarray:
+        """``(X - model.center) @ model.components.T`` computed by the server; (n_samples, K)."""
+        resp = self._call(self._stub.Transform, _transform_request(model, X), timeout_s)
+        return _array(resp.projections)
+
+    def score_outliers(self, X, model=None, *, n_components=1, method="bitflip", n_init=None,
+                       center="median", seed=None, contamination="auto", return_entry_scores=False,
+                       timeout_s=None) -> OutlierScores:
+        """Outlier scores of X against ``model``, or against a model fitted on X in the same call."""
+        req = _score_request(X, model, n_components, return_entry_scores,
+                             dict(method=method, n_init=n_init, center=center, seed=seed,
+                                  contamination=contamination))
+        return _score_answer(self._call(self._stub.ScoreOutliers, req, timeout_s))
+
+    def server_info(self, *, timeout_s=None) -> pb.ServerInfo:
+        """Version, backend, device and request limits of the replica that answers."""
+        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout_s)
+
+
+class AsyncClient(_Base):
+    """:class:`Client` for asyncio: the same methods, as coroutines; ``async with`` closes it."""
+
+    def __init__(self, target, *, timeout_s=60.0, retry=DEFAULT_RETRY, credentials=None,
+                 options=None):
+        super().__init__(target, timeout_s=timeout_s, retry=retry, credentials=credentials,
+                         options=options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(self._grpc_target, options=self._options)
+        else:
+            self._channel = grpc.aio.secure_channel(self._grpc_target, credentials,
+                                                    options=self._options)
+        self._stub = pb_grpc.L1PCAStub(self._channel)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+        return False
+
+    async def close(self):
+        await self._channel.close()
+
+    async def _call(self, rpc, request, timeout_s):
+        end, retry_end = self._deadline(timeout_s)
+        for attempt in range(self.retry.max_attempts if self.retry else 1):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise ClientError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"no answer within the deadline after {attempt} attempts")
+            try:
+                return await rpc(request, timeout=None if remaining == float("inf") else remaining)
+            except grpc.RpcError as err:
+                sleep = self._next_sleep(err, attempt, end, retry_end)
+                if sleep is None:
+                    raise ClientError.from_rpc(
+                        err, f" (after {attempt + 1} attempts)" if attempt else "") from err
+                await asyncio.sleep(sleep)
+        raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
+
+    async def fit(self, X, n_components=1, *, method="bitflip", n_init=None, center="median",
+                  seed=None, contamination="auto", timeout_s=None) -> Model:
+        req = _fit_request(X, n_components, dict(method=method, n_init=n_init, center=center,
+                                                 seed=seed, contamination=contamination))
+        return wire.decode_model((await self._call(self._stub.Fit, req, timeout_s)).model)
+
+    async def transform(self, model, X, *, timeout_s=None) -> np.ndarray:
+        resp = await self._call(self._stub.Transform, _transform_request(model, X), timeout_s)
+        return _array(resp.projections)
+
+    async def score_outliers(self, X, model=None, *, n_components=1, method="bitflip", n_init=None,
+                             center="median", seed=None, contamination="auto",
+                             return_entry_scores=False, timeout_s=None) -> OutlierScores:
+        req = _score_request(X, model, n_components, return_entry_scores,
+                             dict(method=method, n_init=n_init, center=center, seed=seed,
+                                  contamination=contamination))
+        return _score_answer(await self._call(self._stub.ScoreOutliers, req, timeout_s))
+
+    async def server_info(self, *, timeout_s=None) -> pb.ServerInfo:
+        return await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout_s)

@@ -1,0 +1,271 @@
+"""Dynamic batching: concurrent requests with the same key go to the solver as one call.
+
+A small class around per-key queues, in the manner of Ray Serve's ``@serve.batch``:
+
+* :meth:`Batcher.submit` enqueues a payload under a key (requests that can share one solver call:
+  same options and shape bucket) and waits on the request's own future;
+* a batch of one key is flushed when it holds ``max_batch_size`` requests or its oldest request has
+  waited ``max_delay_s`` -- and a solver slot is free: while every slot is busy requests keep queueing
+  and join the next batch, which is where batching pays off under load;
+* when several keys are ready, the one whose oldest request has waited longest goes first;
+* the batch function returns one result per payload (checked); an exception as a result fails only
+  that request, an exception raised by the batch function fails every request of that batch and no
+  other;
+* backpressure: more than ``max_queue`` waiting requests -> :class:`Overloaded` at once; a request whose
+  deadline passes while queued leaves the queue with :class:`DeadlineExceeded` and is never computed;
+  a cancelled call leaves the queue at once.
+
+Runs on one event loop; no locks. The batch function is awaited, and must itself keep heavy work off
+the loop (the server runs the solver in a thread pool).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Hashable, Sequence
+
+from .errors import DeadlineExceeded, Overloaded, Unavailable
+
+BatchFn = Callable[[Hashable, Sequence[Any]], Awaitable[Sequence[Any]]]
+
+
+@dataclass(eq=False)
+class _Item:
+    key: Hashable
+    payload: Any
+    future: asyncio.Future
+    enqueued: float
+    deadline: float | None
+    abandoned: bool = False  # the caller stopped waiting (deadline, cancel): do not set its future
+    taken: bool = False  # in a batch being computed
+    dropped: bool = False  # left the queue uncomputed
+
+
+@dataclass
+class _Stats:
+    batches: int = 0
+    computed: int = 0
+    dropped: dict = field(default_factory=lambda: collections.Counter())
+
+
+class Batcher:
+    """Queue requests per key and run them in batches.
+
+    Parameters
+    ----------
+    run_batch : async callable(key, payloads) -> sequence of results
+        One result (or an exception instance) per payload, in order.
+    max_batch_size : int
+        Most requests in one call (1 disables batching).
+    max_delay_s : float
+        Longest the oldest request of a key waits for company before its batch goes.
+    max_queue : int
+        Most requests waiting (all keys together); beyond it ``submit`` raises :class:`Overloaded`.
+    max_concurrent_batches : int
+        Batches computing at once (the solver's worker count).
+    metrics : ServiceMetrics, optional
+        Records queue depth, queue wait, batch size and dropped requests.
+    """
+
+    def __init__(self, run_batch: BatchFn, *, max_batch_size: int, max_delay_s: float, max_queue: int,
+                 max_concurrent_batches: int = 1, metrics=None):
+        if max_batch_size < 1 or max_queue < 1 or max_concurrent_batches < 1 or max_delay_s < 0:
+            raise ValueError("max_batch_size, max_queue and max_concurrent_batches must be >= 1 and "
+                             "max_delay_s >= 0")
+        self._run_batch = run_batch
+        self.max_batch_size = int(max_batch_size)
+        self.max_delay_s = float(max_delay_s)
+        self.max_queue = int(max_queue)
+        self._metrics = metrics
+        self._pending: dict[Hashable, collections.deque[_Item]] = {}
+        self._depth = 0
+        self._slots = asyncio.Semaphore(int(max_concurrent_batches))
+        self._wakeup = asyncio.Event()
+        self._draining = False  # flush at once, without waiting for company
+        self._closing = False  # and take no new work
+        self._dispatcher: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self.stats = _Stats()
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not yet in a batch)."""
+        return self._depth
+
+    def start(self):
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(),
+                                                                      name="l1pca-batcher")
+
+    async def submit(self, key: Hashable, payload: Any, *, timeout_s: float | None = None):
+        """Enqueue ``payload`` under ``key`` and return its result when its batch has run.
+
+        ``timeout_s`` is the time left to the caller's deadline: if it passes while the request is
+        still queued, the request leaves the queue uncomputed and :class:`DeadlineExceeded` is raised.
+        """
+        if self._closing:
+            raise Unavailable("the server is shutting down and takes no new work; retry on another "
+                              "replica")
+        if self._depth >= self.max_queue:
+            raise Overloaded(f"the queue is full ({self.max_queue} requests waiting); retry with "
+                             "backoff")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        item = _Item(key, payload, loop.create_future(), now,
+                     None if timeout_s is None else now + max(0.0, timeout_s))
+        self._pending.setdefault(key, collections.deque()).append(item)
+        self._set_depth(self._depth + 1)
+        self._wakeup.set()
+        try:
+            if timeout_s is None:
+                return await asyncio.shield(item.future)
+            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, timeout_s))
+        except asyncio.TimeoutError:
+            waited = time.monotonic() - item.enqueued
+            if self._leave(item, "deadline"):  # True also when _expire dropped it first
+                raise DeadlineExceeded(
+                    f"the deadline passed after {waited:.3f} s in the queue; the request was not "
+                    "computed (allow a longer deadline or send less load)") from None
+            raise DeadlineExceeded(f"the deadline passed after {waited:.3f} s while computing") \
+                from None
+        except asyncio.CancelledError:  # the call was cancelled, or gRPC ended it at its deadline
+            late = item.deadline is not None and time.monotonic() >= item.deadline
+            self._leave(item, "deadline" if late else "cancelled")
+            raise
+
+    def drain(self):
+        """Flush queued requests at once from now on (shutdown: do not wait for batches to fill)."""
+        self._draining = True
+        self._wakeup.set()
+
+    async def close(self, timeout_s: float | None = None):
+        """Take no new work, flush what is queued at once, wait for running batches."""
+        self._draining = self._closing = True
+        self._wakeup.set()
+        if self._dispatcher is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout_s)
+            except asyncio.TimeoutError:
+                self._dispatcher.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=timeout_s)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _set_depth(self, depth):
+        self._depth = depth
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(depth)
+
+    def _leave(self, item: _Item, reason: str) -> bool:
+        """The caller stopped waiting. True when the request was still queued (and now is not)."""
+        item.abandoned = True
+        if item.taken or item.dropped:
+            return item.dropped
+        item.dropped = True
+        queue = self._pending[item.key]
+        queue.remove(item)
+        if not queue:
+            del self._pending[item.key]
+        self._set_depth(self._depth - 1)
+        self.stats.dropped[reason] += 1
+        if self._metrics is not None:
+            self._metrics.queue_dropped.labels(reason).inc()
+        self._wakeup.set()
+        return True
+
+    async def _dispatch(self):
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if batch is None:
+                self._slots.release()
+                return
+            task = asyncio.get_running_loop().create_task(self._run(*batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self):
+        """Wait for a ready key; return ``(key, items)``, or None when closing with nothing left."""
+        while True:
+            self._wakeup.clear()
+            now = time.monotonic()
+            self._expire(now)
+            key = self._ready_key(now)
+            if key is not None:
+                return key, self._take(key)
+            if self._closing and not self._pending:
+                return None
+            heads = [q[0].enqueued for q in self._pending.values()]
+            deadlines = [it.deadline for q in self._pending.values() for it in q if it.deadline]
+            wake = [t + self.max_delay_s for t in heads] + deadlines
+            timeout = max(0.0, min(wake) - now) if wake else None
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _expire(self, now):
+        """Requests whose deadline passed while queued leave uncomputed (their callers see it too)."""
+        for item in [it for q in self._pending.values() for it in q
+                     if it.deadline is not None and it.deadline <= now]:
+            waited = now - item.enqueued
+            self._leave(item, "deadline")
+            if not item.future.done():
+                item.future.set_exception(DeadlineExceeded(
+                    f"the deadline passed after {waited:.3f} s in the queue; the request was not "
+                    "computed (allow a longer deadline or send less load)"))
+                item.future.exception()  # mark retrieved: the caller may already be gone
+
+    def _ready_key(self, now):
+        best = None
+        for key, queue in self._pending.items():
+            head = queue[0].enqueued
+            if (self._draining or len(queue) >= self.max_batch_size
+                    or now - head >= self.max_delay_s):
+                if best is None or head < best[0]:
+                    best = (head, key)
+        return None if best is None else best[1]
+
+    def _take(self, key):
+        queue = self._pending[key]
+        items = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
+        if not queue:
+            del self._pending[key]
+        self._set_depth(self._depth - len(items))
+        now = time.monotonic()
+        for item in items:
+            item.taken = True
+            if self._metrics is not None:
+                self._metrics.queue_wait.observe(now - item.enqueued)
+        return items
+
+    async def _run(self, key, items):
+        try:
+            self.stats.batches += 1
+            self.stats.computed += len(items)
+            if self._metrics is not None:
+                self._metrics.batch_size.observe(len(items))
+            try:
+                results = await self._run_batch(key, [it.payload for it in items])
+                if len(results) != len(items):
+                    raise RuntimeError(f"the batch function returned {len(results)} results for "
+                                       f"{len(items)} inputs")
+            except Exception as exc:  # the whole batch failed: fail its requests, and only them
+                results = [exc] * len(items)
+            for item, res in zip(items, results):
+                if item.abandoned or item.future.done():
+                    continue
+                if isinstance(res, BaseException):
+                    item.future.set_exception(res)
+                else:
+                    item.future.set_result(res)
+        finally:
+            self._slots.release()
+            self._wakeup.set()

@@ -1,0 +1,170 @@
+"""Configuration of ``l1pca serve``: one argparse parser, every flag mirrored by an environment variable.
+
+Each flag ``--some-flag`` has a type, a default and a help line, and reads its default from
+``L1PCA_SOME_FLAG`` when that is set (the command line wins). Nothing is parsed at import time: the
+environment is read when the parser is built.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+ENV_PREFIX = "L1PCA_"
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
+    return value
+
+
+def _port(text):
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a port in [0, 65535] (0 picks a free one)")
+    return value
+
+
+def _metrics_port(text):
+    value = int(text)
+    if not -1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a port in [0, 65535], or -1 to disable")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def _shapes(text):
+    """``"64x16,256x32"`` -> ``((64, 16), (256, 32))``; empty -> no warm-up shapes."""
+    shapes = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        rows, sep, cols = part.lower().partition("x")
+        if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r} is not ROWSxCOLS (e.g. 64x16)")
+        shapes.append((int(rows), int(cols)))
+    return tuple(shapes)
+
+
+def _int_list(text):
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
+    return values
+
+
+# (flag, type, default, help). The order is the order of `l1pca serve --help`.
+FLAGS = (
+    ("--host", str, "127.0.0.1", "address the gRPC server binds (0.0.0.0 for every interface)"),
+    ("--port", _port, "50051", "gRPC port (0 picks a free one)"),
+    ("--metrics-host", str, "127.0.0.1", "address of the Prometheus /metrics endpoint"),
+    ("--metrics-port", _metrics_port, "9464", "Prometheus port (0 picks a free one, -1 disables)"),
+    ("--max-batch-size", _positive_int, "16",
+     "most Fit requests in one solver call (1 disables batching; raise it on a GPU)"),
+    ("--max-delay-ms", _non_negative_float, "2",
+     "longest the oldest queued request waits for a batch to fill, in milliseconds"),
+    ("--max-queue", _positive_int, "1024",
+     "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
+    ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
+    ("--max-rows", _positive_int, "200000", "most rows (samples) per matrix"),
+    ("--max-cols", _positive_int, "4096", "most columns (features) per matrix"),
+    ("--max-request-bytes", _positive_int, str(64 * 1024 * 1024),
+     "largest request message in bytes (also the gRPC receive limit)"),
+    ("--max-n-init", _positive_int, "64", "most L1-BF starts a request may ask for"),
+    ("--backend", str, "auto",
+     "solver backend: auto (GPU if usable, else JAX on the CPU), jax, numpy or cupy"),
+    ("--warmup-shapes", _shapes, "64x16",
+     "ROWSxCOLS,... whose shape buckets are compiled before SERVING"),
+    ("--warmup-components", _int_list, "1,2", "values of K compiled for each warm-up shape"),
+    ("--grace-s", _non_negative_float, "30",
+     "on SIGTERM/SIGINT, seconds to finish queued and running work"),
+    ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("--port-file", str, "", "write the bound ports as JSON to this file once listening (for scripts)"),
+)
+CHOICES = {"--backend": ("auto", "jax", "numpy", "cupy"),
+           "--log-level": ("DEBUG", "INFO", "WARNING", "ERROR")}
+
+
+def env_name(flag: str) -> str:
+    """``--max-delay-ms`` -> ``L1PCA_MAX_DELAY_MS``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Parsed settings of ``l1pca serve`` (defaults as in :data:`FLAGS`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    max_batch_size: int = 16
+    max_delay_ms: float = 2.0
+    max_queue: int = 1024
+    workers: int = 1
+    max_rows: int = 200000
+    max_cols: int = 4096
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_n_init: int = 64
+    backend: str = "auto"
+    warmup_shapes: tuple = ((64, 16),)
+    warmup_components: tuple = (1, 2)
+    grace_s: float = 30.0
+    log_level: str = "INFO"
+    port_file: str = ""
+
+    def __post_init__(self):
+        # argparse checks `choices` on the command line only; a default from the environment is
+        # checked here.
+        for name in ("backend", "log_level"):
+            allowed = CHOICES["--" + name.replace("_", "-")]
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} (flag --{name.replace('_', '-')} or "
+                                 f"{env_name('--' + name)}) is not one of {', '.join(allowed)}")
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def add_serve_arguments(parser, environ=None):
+    """Add every flag of :data:`FLAGS` to ``parser``, defaults taken from the environment if set."""
+    environ = os.environ if environ is None else environ
+    for flag, typ, default, help_text in FLAGS:
+        env = env_name(flag)
+        parser.add_argument(
+            flag, type=typ, default=environ.get(env, default), choices=CHOICES.get(flag),
+            metavar=None if flag in CHOICES else flag.lstrip("-").replace("-", "_").upper(),
+            help=f"{help_text} (default: {default}; env {env})",
+        )
+    return parser
+
+
+def add_serve_parser(subparsers):
+    """The ``serve`` subcommand of the ``l1pca`` CLI; its ``run(args)`` returns the exit status."""
+    p = subparsers.add_parser(
+        "serve", help="run the gRPC service",
+        description="Run the l1pca gRPC service (L1PCA, health, reflection) with dynamic batching "
+                    "and Prometheus metrics. Every flag can also be set with the environment "
+                    "variable named in its help.",
+    )
+    add_serve_arguments(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args) -> int:
+    from .server import serve
+
+    return serve(ServeConfig.from_args(args))

@@ -1,0 +1,106 @@
+"""Domain errors of the service and the one place that maps them to gRPC status codes.
+
+Handlers and the batcher raise :class:`ServiceError` subclasses; :class:`StatusInterceptor` turns them
+into the call's status (and records the call's code and latency). Anything else is a bug: it becomes
+``INTERNAL`` with a short reference, the traceback goes to the log (never to the caller), and the
+server goes on serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import grpc
+
+log = logging.getLogger("l1pca.service")
+
+
+class ServiceError(Exception):
+    """An error with a gRPC status code; its message is sent to the caller."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(ServiceError):
+    """Bad input: the message names the field, the value and what is expected."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Overloaded(ServiceError):
+    """The queue is full; retry with backoff."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """Not ready (warming up) or draining; retry, possibly on another replica."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    """The deadline passed while the request waited; it was not computed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions of unary-unary handlers to status codes and reports every call.
+
+    Parameters
+    ----------
+    observe : callable(method: str, code: grpc.StatusCode, seconds: float)
+        Called once per call when it ends (metrics).
+    inflight : prometheus Gauge or None
+        Incremented while a call runs.
+    prefix : str
+        Only methods of this service (``/l1pca.v1.L1PCA/``) are wrapped; health and reflection are not.
+    """
+
+    def __init__(self, observe, *, inflight=None, prefix="/l1pca.v1.L1PCA/"):
+        self._observe = observe
+        self._inflight = inflight
+        self._prefix = prefix
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        name = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not name.startswith(self._prefix):
+            return handler
+        method = name[len(self._prefix):]
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, method, behavior):
+        async def wrapped(request, context):
+            start = time.perf_counter()
+            code, details = grpc.StatusCode.OK, None
+            if self._inflight is not None:
+                self._inflight.inc()
+            try:
+                return await behavior(request, context)
+            except ServiceError as exc:
+                code, details = exc.code, str(exc)
+            except asyncio.CancelledError:
+                remaining = context.time_remaining()
+                code = (grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
+                        else grpc.StatusCode.CANCELLED)
+                raise
+            except Exception:  # a bug: log it, answer INTERNAL, keep serving
+                ref = uuid.uuid4().hex[:12]
+                log.exception("internal error in %s (ref %s)", method, ref)
+                code = grpc.StatusCode.INTERNAL
+                details = f"internal server error (ref {ref}); the server log has the details"
+            finally:
+                if self._inflight is not None:
+                    self._inflight.dec()
+                self._observe(method, code, time.perf_counter() - start)
+            await context.abort(code, details)
+
+        return wrapped

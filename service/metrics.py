@@ -1,0 +1,82 @@
+"""Prometheus metrics of the service: names, labels and buckets declared once, here.
+
+Every server instance owns a :class:`prometheus_client.CollectorRegistry` (tests run several servers
+in one process), exposed over HTTP at ``/metrics`` by :func:`start_http`.
+
+====================================  =========  ========================  ==========================
+name                                  type       labels                    meaning
+====================================  =========  ========================  ==========================
+``l1pca_requests_total``              counter    method, code              finished calls, by status
+``l1pca_request_duration_seconds``    histogram  method                    latency in the server
+``l1pca_queue_wait_seconds``          histogram                            enqueue to batch start
+``l1pca_solve_duration_seconds``      histogram  backend, method           one batched solver call
+``l1pca_batch_size``                  histogram                            requests per solver call
+``l1pca_queue_depth``                 gauge                                requests waiting to batch
+``l1pca_inflight_requests``           gauge                                calls being handled
+``l1pca_queue_dropped_total``         counter    reason                    left the queue uncomputed
+``l1pca_cpu_fallback_total``          counter                              batches re-run on the CPU
+``l1pca_serving``                     gauge                                1 while health is SERVING
+``l1pca_build_info``                  info       version, backend, device  what runs here
+====================================  =========  ========================  ==========================
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0, 10.0, 25.0, 60.0)
+"""Sub-millisecond (a cached transform) to tens of seconds (a large fit, a first JAX compile)."""
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+RPC_METHODS = ("Fit", "Transform", "ScoreOutliers", "GetServerInfo")
+
+
+class ServiceMetrics:
+    """The metric objects of one server, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("l1pca_requests", "Finished calls by RPC method and gRPC status code.",
+                                ("method", "code"), registry=r)
+        self.request_duration = Histogram(
+            "l1pca_request_duration_seconds", "Call latency inside the server, by RPC method.",
+            ("method",), buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_wait = Histogram(
+            "l1pca_queue_wait_seconds", "Time a request waited in the batching queue.",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.solve_duration = Histogram(
+            "l1pca_solve_duration_seconds",
+            "Duration of one batched solver call, by backend and method.",
+            ("backend", "method"), buckets=LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram(
+            "l1pca_batch_size", "Requests per batched solver call.", buckets=BATCH_SIZE_BUCKETS,
+            registry=r)
+        self.queue_depth = Gauge("l1pca_queue_depth", "Requests waiting in the batching queue.",
+                                 registry=r)
+        self.inflight = Gauge("l1pca_inflight_requests", "Calls being handled now.", registry=r)
+        self.queue_dropped = Counter(
+            "l1pca_queue_dropped", "Requests that left the queue without being computed, by reason.",
+            ("reason",), registry=r)
+        self.cpu_fallback = Counter(
+            "l1pca_cpu_fallback", "Batches re-run on the CPU after a GPU failure.", registry=r)
+        self.serving = Gauge("l1pca_serving", "1 while the health status is SERVING.", registry=r)
+        self.build = Info("l1pca_build", "Version, solver backend and device of this server.",
+                          registry=r)
+        for method in RPC_METHODS:  # export zeros from the start, so rates work on a fresh server
+            self.request_duration.labels(method)
+
+    def observe_call(self, method, code, seconds):
+        """A finished call (:class:`l1pca.service.errors.StatusInterceptor` calls this)."""
+        self.requests.labels(method, code.name).inc()
+        self.request_duration.labels(method).observe(seconds)
+
+
+def start_http(metrics: ServiceMetrics, host: str, port: int):
+    """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread.
+
+    Returns ``(httpd, port)``; ``httpd.shutdown()`` stops it.
+    """
+    httpd, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return httpd, int(httpd.server_address[1])

@@ -1,0 +1,223 @@
+"""Where the solver runs: backend and device selection, batched fits, CPU fallback, warm-up.
+
+The service does no arithmetic: a batch of fit requests becomes one
+:func:`l1pca.kernels.fitting.fit_many` call in a thread pool (never on the event loop).
+
+* Backend: ``"auto"`` resolves once, at start, to a backend that batches: JAX on a usable GPU, else
+  CuPy on a GPU, else JAX on the CPU (logged, and exported in the ``l1pca_build_info`` metric). The
+  backend is fixed for the life of the server, so an answer never depends on which requests shared
+  its batch (the kernels' own ``"auto"`` picks NumPy or JAX by batch size, and L1-BF's answer can
+  differ between the two in the last bits, hence in the local optimum it ends on).
+* JAX compiles one program per stacked shape; the kernels pad a batch to a power of two, and
+  :meth:`SolverRunner.warm_up` compiles those sizes (:func:`batch_ladder`) for the common shape
+  buckets before the server reports SERVING.
+* A device failure at run time (out of memory, a CUDA error) re-runs that batch on the CPU (NumPy)
+  and counts it in ``l1pca_cpu_fallback_total``. Without a GPU the path is exercised by fault
+  injection (``L1PCA_FAULT_INJECT=gpu_oom``, tests only).
+* A bad matrix that only the solver can detect (``exact`` on a problem too large) fails alone: a
+  batch that raises ``ValueError`` is re-run one request at a time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from l1pca.kernels import backends
+from l1pca.kernels.fitting import FitResult, fit_many
+
+from .errors import InvalidArgument
+
+log = logging.getLogger("l1pca.service")
+
+FAULT_INJECT_ENV = "L1PCA_FAULT_INJECT"
+"""Tests only. Comma-separated: ``gpu_oom`` (every batch's first attempt fails like a GPU out of
+memory), ``internal_seed=N`` (a batch holding a request with seed N raises an unexpected error)."""
+
+
+class FitKey(NamedTuple):
+    """Requests with equal keys share one solver call."""
+
+    method: str
+    n_components: int
+    n_init: int
+    center: str | None
+    contamination: object
+    bucket: tuple[int, int]
+
+
+class InjectedDeviceFault(RuntimeError):
+    """Stands for a GPU failure (out of memory) in tests."""
+
+
+def batch_ladder(max_batch_size):
+    """Stacked batch sizes JAX runs for batches of up to ``max_batch_size`` requests: the powers of
+    two from 2 (a lone matrix is sent with a copy, see :mod:`l1pca.kernels.fitting`)."""
+    sizes, b = [2], 2
+    while b < max_batch_size:
+        b *= 2
+        sizes.append(b)
+    return tuple(sizes)
+
+
+def select_backend(requested: str):
+    """``(backend, device, on_gpu)`` for the ``--backend`` flag; see the module docstring."""
+    gpus = backends.gpu_backends()
+    if requested == "auto":
+        backend = "jax" if "jax" in gpus or not gpus else "cupy"
+    else:
+        backend = requested
+        if backend == "cupy" and "cupy" not in gpus:
+            raise ValueError("--backend=cupy needs CuPy and a usable CUDA GPU; none is usable here "
+                             "(use --backend=auto)")
+    on_gpu = backend in gpus
+    device = backends.device_description() if on_gpu else "cpu"
+    return backend, device, on_gpu
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """A GPU failure worth a CPU re-run: out of memory, CUDA runtime/driver errors, XLA OOM."""
+    if isinstance(exc, InjectedDeviceFault):
+        return True
+    name = type(exc).__name__
+    if name in ("OutOfMemoryError", "CUDARuntimeError", "CUDADriverError", "CUBLASError",
+                "CUSOLVERError"):
+        return True
+    text = str(exc)
+    return name in ("XlaRuntimeError", "JaxRuntimeError") and any(
+        s in text for s in ("RESOURCE_EXHAUSTED", "out of memory", "CUDA", "INTERNAL"))
+
+
+def parse_fault_inject(spec: str | None):
+    faults = {}
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if name not in ("gpu_oom", "internal_seed"):
+            raise ValueError(f"{FAULT_INJECT_ENV}={spec!r}: unknown fault {name!r}")
+        faults[name] = int(value) if value else True
+    return faults
+
+
+class SolverRunner:
+    """Runs batches of fits in a thread pool on the selected backend.
+
+    Parameters
+    ----------
+    backend : {"auto", "numpy", "jax", "cupy"}
+    workers : int
+        Solver threads (batches computing at once).
+    max_batch_size : int
+        Sets the JAX batch ladder.
+    metrics : ServiceMetrics, optional
+    fault_inject : str, optional
+        See :data:`FAULT_INJECT_ENV`.
+    """
+
+    def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
+                 fault_inject=None):
+        self.backend, self.device, self.on_gpu = select_backend(backend)
+        self.batch_sizes = batch_ladder(max_batch_size)
+        if self.backend == "jax":
+            # Import before any solver thread runs: the kernels import it lazily, and two threads
+            # importing it at once can see a partly initialised module.
+            import l1pca.kernels.bitflip_jax  # noqa: F401
+        self.workers = int(workers)
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="l1pca-solve")
+        self._metrics = metrics
+        self._faults = parse_fault_inject(fault_inject)
+        if self._faults:
+            log.warning("fault injection is on (%s=%s); for tests only", FAULT_INJECT_ENV, fault_inject)
+
+    def describe(self):
+        where = f"GPU ({self.device})" if self.on_gpu else "the CPU (no usable GPU found by CuPy or JAX)"
+        return f"backend={self.backend} on {where}"
+
+    def shutdown(self):
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- batches --------------------------------------------------------------------------------
+    def fit_batch(self, key: FitKey, payloads):
+        """Fit every ``(X, seed)`` of one batch; one FitResult or exception per payload.
+
+        Runs in a solver thread.
+        """
+        backend = self._backend_for(key.method)
+        try:
+            return self._attempt(key, payloads, backend, inject=True)
+        except Exception as exc:
+            if (self.on_gpu or isinstance(exc, InjectedDeviceFault)) and is_device_failure(exc):
+                log.warning("device failure on %s for a batch of %d (%s: %s); re-running it on the "
+                            "CPU", self.backend, len(payloads), type(exc).__name__, exc)
+                if self._metrics is not None:
+                    self._metrics.cpu_fallback.inc()
+                try:
+                    return self._attempt(key, payloads, "numpy", inject=False)
+                except (ValueError, TypeError) as again:
+                    return self._one_by_one(key, payloads, "numpy", again)
+            if isinstance(exc, (ValueError, TypeError)):
+                return self._one_by_one(key, payloads, backend, exc)
+            raise
+
+    def _backend_for(self, method):
+        return self.backend if method == "bitflip" else "numpy"
+
+    def _one_by_one(self, key, payloads, backend, exc):
+        """After a batch failed on input: each request alone, so that a bad one fails alone."""
+        if len(payloads) == 1:
+            return [InvalidArgument(str(exc))]
+        out = []
+        for payload in payloads:
+            try:
+                out.extend(self._attempt(key, [payload], backend, inject=False))
+            except (ValueError, TypeError) as err:
+                out.append(InvalidArgument(str(err)))
+        return out
+
+    def _attempt(self, key: FitKey, payloads, backend, *, inject):
+        seeds = [seed for _, seed in payloads]
+        if inject and "gpu_oom" in self._faults:
+            raise InjectedDeviceFault("out of memory allocating the batch (injected fault)")
+        if "internal_seed" in self._faults and self._faults["internal_seed"] in seeds:
+            raise RuntimeError("injected internal error")
+        start = time.perf_counter()
+        results: list[FitResult] = fit_many(
+            [X for X, _ in payloads], key.n_components, method=key.method, center=key.center,
+            n_init=key.n_init, seeds=seeds, contamination=key.contamination, backend=backend)
+        if self._metrics is not None:
+            self._metrics.solve_duration.labels(results[0].backend, key.method).observe(
+                time.perf_counter() - start)
+        return results
+
+    # -- warm-up --------------------------------------------------------------------------------
+    def warm_up(self, shapes, components, *, n_init, should_stop=lambda: False, threads=None):
+        """Compile the solver for each (rows x cols) shape, each K and each batch size of the ladder.
+
+        The compiles are independent and CPU-bound, so they run on ``threads`` threads (default: the
+        core count, at most 4). Blocks until done; the server calls it in a solver thread before it
+        reports SERVING. Returns the number of solver calls made.
+        """
+        sizes = self.batch_sizes if self.backend == "jax" else (1,)
+        tasks = [(rows, cols, K, b) for rows, cols in shapes for K in components
+                 if K <= min(rows, cols) for b in sizes]
+
+        def one(task):
+            rows, cols, K, b = task
+            if should_stop():
+                return 0
+            X = np.random.default_rng(rows * 7919 + cols).standard_normal((rows, cols))
+            t0 = time.perf_counter()
+            fit_many([X] * b, K, n_init=n_init, seeds=[0] * b, backend=self.backend)
+            log.info("warm-up: %dx%d K=%d batch=%d in %.2f s", rows, cols, K, b,
+                     time.perf_counter() - t0)
+            return 1
+
+        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads, thread_name_prefix="l1pca-warmup") as pool:
+            return sum(pool.map(one, tasks))

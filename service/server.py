@@ -1,0 +1,209 @@
+"""The gRPC server: a small class with async ``start`` / ``warm_up`` / ``stop``, and ``serve``.
+
+Lifecycle:
+
+1. ``start``: pick the backend (GPU if usable, else the CPU, logged), bind the port, serve
+   ``grpc.health.v1`` (NOT_SERVING) and reflection, start the batcher and ``/metrics``. The L1PCA
+   methods answer UNAVAILABLE until warm.
+2. ``warm_up``: compile the common shape buckets in a solver thread, then health SERVING.
+3. ``stop(grace_s)``: health NOT_SERVING, no new calls, queued requests flushed at once, running calls
+   given ``grace_s`` to finish; then the threads and the metrics endpoint stop.
+
+``serve(config)`` runs this under asyncio with SIGTERM / SIGINT handlers and returns the exit status
+(0 after a clean drain).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from l1pca.client.wire import METHOD_ENUMS
+from l1pca.kernels import DEFAULT_N_INIT
+from l1pca.v1 import l1pca_pb2 as pb
+from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
+
+from .batcher import Batcher
+from .config import ServeConfig
+from .errors import StatusInterceptor
+from .handlers import L1PCAServicer, Limits
+from .metrics import ServiceMetrics, start_http
+from .runner import FAULT_INJECT_ENV, SolverRunner
+
+log = logging.getLogger("l1pca.service")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["L1PCA"].full_name  # "l1pca.v1.L1PCA"
+
+
+def _version():
+    try:
+        return metadata.version("l1pca")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _address(host, port):
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class L1PCAServer:
+    """One server instance.
+
+    Parameters
+    ----------
+    config : ServeConfig
+    fault_inject : str, optional
+        Tests only (see :data:`l1pca.service.runner.FAULT_INJECT_ENV`).
+
+    Attributes
+    ----------
+    port, metrics_port : int
+        Bound ports (after ``start``); ``metrics_port`` is None when metrics are disabled.
+    metrics : ServiceMetrics
+    """
+
+    def __init__(self, config: ServeConfig, *, fault_inject: str | None = None):
+        self.config = config
+        self.metrics = ServiceMetrics()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._fault_inject = fault_inject
+        self._ready = False
+        self._stopping = False
+        self._grpc = None
+        self._httpd = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self):
+        cfg = self.config
+        self.runner = SolverRunner(cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size,
+                                   metrics=self.metrics, fault_inject=self._fault_inject)
+        self.metrics.build.info({"version": _version(), "backend": self.runner.backend,
+                                 "device": self.runner.device})
+        self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size,
+                               max_delay_s=cfg.max_delay_ms / 1000.0, max_queue=cfg.max_queue,
+                               max_concurrent_batches=cfg.workers, metrics=self.metrics)
+        self._light = ThreadPoolExecutor(2, thread_name_prefix="l1pca-io")
+        info = pb.ServerInfo(version=_version(), backend=self.runner.backend, device=self.runner.device,
+                             max_rows=cfg.max_rows, max_cols=cfg.max_cols,
+                             max_request_bytes=cfg.max_request_bytes, max_n_init=cfg.max_n_init,
+                             max_batch_size=cfg.max_batch_size, methods=list(METHOD_ENUMS.values()))
+        servicer = L1PCAServicer(batcher=self.batcher,
+                                 limits=Limits(cfg.max_rows, cfg.max_cols, cfg.max_n_init),
+                                 executor=self._light, info=info, is_ready=lambda: self._ready)
+        self._grpc = grpc.aio.server(
+            interceptors=[StatusInterceptor(self.metrics.observe_call, inflight=self.metrics.inflight)],
+            options=[("grpc.max_receive_message_length", cfg.max_request_bytes),
+                     ("grpc.max_send_message_length", -1)],
+        )
+        pb_grpc.add_L1PCAServicer_to_server(servicer, self._grpc)
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self._grpc)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = _address(cfg.host, cfg.port)
+        self.port = self._grpc.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind the gRPC port at {address}")
+        await self._grpc.start()
+        self.batcher.start()
+        if cfg.metrics_port >= 0:
+            self._httpd, self.metrics_port = start_http(self.metrics, cfg.metrics_host, cfg.metrics_port)
+        log.info("l1pca %s: gRPC on %s, metrics on %s; %s", _version(), _address(cfg.host, self.port),
+                 f"http://{_address(cfg.metrics_host, self.metrics_port)}/metrics"
+                 if self.metrics_port is not None else "disabled", self.runner.describe())
+        if not self.runner.on_gpu:
+            log.info("no usable GPU (CuPy / JAX found none): running on the CPU")
+        if cfg.port_file:
+            tmp = Path(cfg.port_file + ".tmp")
+            tmp.write_text(json.dumps({"port": self.port, "metrics_port": self.metrics_port,
+                                       "pid": os.getpid()}))
+            tmp.replace(cfg.port_file)
+
+    async def warm_up(self):
+        """Compile the warm-up shape buckets, then report SERVING."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        calls = await loop.run_in_executor(
+            self.runner.executor, lambda: self.runner.warm_up(
+                cfg.warmup_shapes, cfg.warmup_components, n_init=DEFAULT_N_INIT,
+                should_stop=lambda: self._stopping))
+        if self._stopping:
+            return
+        self._ready = True
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.serving.set(1)
+        log.info("warm-up done (%d solver calls in %.1f s): SERVING", calls, time.perf_counter() - t0)
+
+    async def _run_batch(self, key, payloads):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.runner.executor, self.runner.fit_batch, key, payloads)
+
+    async def stop(self, grace_s: float | None = None):
+        """Drain: NOT_SERVING, refuse new calls, finish queued and running ones within ``grace_s``."""
+        if self._grpc is None or self._stopping:
+            return
+        grace_s = self.config.grace_s if grace_s is None else grace_s
+        self._stopping = True
+        self.metrics.serving.set(0)
+        await self.health.enter_graceful_shutdown()
+        self.batcher.drain()
+        log.info("draining: %d requests queued, grace %.1f s", self.batcher.depth, grace_s)
+        await self._grpc.stop(grace_s)
+        await self.batcher.close(timeout_s=1.0)
+        self.runner.shutdown()
+        self._light.shutdown(wait=False, cancel_futures=True)
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        log.info("stopped")
+
+
+async def _serve(config: ServeConfig) -> int:
+    server = L1PCAServer(config, fault_inject=os.environ.get(FAULT_INJECT_ENV))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    warm = asyncio.ensure_future(server.warm_up())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if warm.done() and warm.exception() is not None:
+        log.error("warm-up failed", exc_info=warm.exception())
+        stopped.cancel()
+        await server.stop(0)
+        return 1
+    await stopped
+    log.info("signal received: stopping")
+    await server.stop(config.grace_s)
+    if not warm.done():
+        warm.cancel()
+    return 0
+
+
+def serve(config: ServeConfig) -> int:
+    """Run the server until SIGTERM / SIGINT; the exit status (0 after a clean drain)."""
+    logging.basicConfig(level=getattr(logging, config.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jax").setLevel(max(logging.WARNING, logging.getLogger().level))  # backend probes
+    return asyncio.run(_serve(config))

@@ -1,0 +1,115 @@
+"""Dynamic batching against a real server: batches form, answers equal the unbatched ones, a failed
+batch fails only its own requests, a device failure re-runs the batch on the CPU."""
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest_service import ServerThread, value
+from l1pca.client import AsyncClient, Client, ClientError
+from l1pca.kernels import L1PCA
+from l1pca.kernels.fitting import fit_many
+
+
+def _data(i, n=20, d=4):
+    rng = np.random.default_rng(1000 + i)
+    X = rng.normal(size=(n, 2)) @ rng.normal(size=(2, d)) + 0.3 * rng.normal(size=(n, d))
+    X[0] += 6.0
+    return X
+
+
+async def _fit_all(target, jobs, **kw):
+    async with AsyncClient(target, timeout_s=60) as client:
+        return await asyncio.gather(*(client.fit(X, K, seed=seed, **kw) for X, K, seed in jobs),
+                                    return_exceptions=True)
+
+
+def test_200_concurrent_fits_form_batches_and_equal_the_unbatched_answer():
+    jobs = [(_data(i, n=16 + i % 5), 1 + i % 2, i) for i in range(200)]
+    with ServerThread(max_batch_size=32, max_delay_ms=20) as srv:
+        models = asyncio.run(_fit_all(srv.target, jobs))
+        m = srv.metrics()
+        batches = value(m, "l1pca_batch_size_count")
+        assert value(m, "l1pca_batch_size_sum") == 200
+        assert 200 / batches > 1.0, f"{batches} batches for 200 requests: nothing was batched"
+        assert value(m, "l1pca_requests_total", method="Fit", code="OK") == 200
+        with Client(srv.target, timeout_s=30) as client:  # the same requests one at a time
+            alone = [client.fit(X, K, seed=seed) for X, K, seed in jobs[:10]]
+    for (X, K, seed), model in zip(jobs, models):
+        assert not isinstance(model, Exception), model
+        est = L1PCA(K, random_state=seed, backend="numpy").fit(X)  # the direct, unbatched fit
+        np.testing.assert_array_equal(model.components, est.components_)
+        assert model.threshold == est.threshold_
+    for a, b in zip(alone, models[:10]):
+        np.testing.assert_array_equal(a.components, b.components)
+
+
+@pytest.fixture(scope="module")
+def jax_server():
+    # Warm-up compiles the (16, 8) bucket for K=1 at batch sizes 2, 4 and 8.
+    with ServerThread(backend="jax", max_batch_size=8, max_delay_ms=20, warmup_shapes=((16, 4),),
+                      warmup_components=(1,)) as srv:
+        yield srv
+
+
+def test_jax_batches_equal_the_direct_call_and_the_unbatched_answer(jax_server):
+    srv = jax_server
+    assert srv.server.ready
+    jobs = [(_data(i, n=13 + i % 4, d=3 + i % 2), 1, i) for i in range(40)]  # one bucket, K=1
+    before = value(srv.metrics(), "l1pca_batch_size_count")
+    models = asyncio.run(_fit_all(srv.target, jobs))
+    m = srv.metrics()
+    batches = value(m, "l1pca_batch_size_count") - before
+    assert 40 / batches > 1.0
+    assert value(m, "l1pca_build_info", backend="jax", device="cpu") == 1
+    with Client(srv.target, timeout_s=30) as client:
+        alone = [client.fit(X, K, seed=seed) for X, K, seed in jobs[:5]]
+    for (X, K, seed), model in zip(jobs, models):
+        direct = fit_many([X], K, seeds=[seed], backend="jax")[0]
+        np.testing.assert_array_equal(model.components, direct.components)
+        assert model.threshold == direct.threshold and model.backend == "jax"
+    for a, b in zip(alone, models[:5]):
+        np.testing.assert_array_equal(a.components, b.components)
+
+
+def test_a_failed_batch_fails_only_its_own_requests():
+    # Seed 666 makes its batch raise an unexpected error (fault injection, tests only).
+    with ServerThread(max_delay_ms=300, fault_inject="internal_seed=666") as srv:
+        X = _data(0)
+        jobs = [(X, 1, 666), (X, 1, 1), (X, 2, 2), (_data(1, n=40, d=12), 1, 3)]
+        results = asyncio.run(_fit_all(srv.target, jobs))
+        assert [type(r).__name__ for r in results] == ["ClientError", "ClientError", "Model", "Model"]
+        for r in results[:2]:
+            assert r.code == grpc.StatusCode.INTERNAL
+            assert "ref " in r.details and "Traceback" not in r.details
+        with Client(srv.target, timeout_s=10) as client:  # still serving
+            assert client.fit(X, 1, seed=5).components.shape == (1, 4)
+
+
+def test_a_bad_matrix_found_by_the_solver_fails_alone():
+    rng = np.random.default_rng(0)
+    small, huge = rng.normal(size=(40, 3)), rng.normal(size=(60, 8))  # same bucket, K=2
+    with ServerThread(max_delay_ms=300) as srv:
+        results = asyncio.run(_fit_all(srv.target, [(small, 2, 0), (huge, 2, 0), (small, 2, 1)],
+                                       method="exact"))
+        assert isinstance(results[1], ClientError)
+        assert results[1].code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_candidates" in results[1].details
+        for r, seed in ((results[0], 0), (results[2], 1)):
+            est = L1PCA(2, method="exact", random_state=seed).fit(small)
+            np.testing.assert_array_equal(r.components, est.components_)
+
+
+def test_a_device_failure_reruns_the_batch_on_the_cpu(caplog):
+    jobs = [(_data(i), 1, i) for i in range(6)]
+    with ServerThread(max_delay_ms=50, fault_inject="gpu_oom") as srv:
+        models = asyncio.run(_fit_all(srv.target, jobs))
+        m = srv.metrics()
+        batches = value(m, "l1pca_batch_size_count")
+        assert value(m, "l1pca_cpu_fallback_total") == batches >= 1
+    for (X, K, seed), model in zip(jobs, models):
+        est = L1PCA(K, random_state=seed, backend="numpy").fit(X)
+        np.testing.assert_array_equal(model.components, est.components_)
+        assert model.backend == "numpy"
+    assert any("re-running it on the CPU" in r.getMessage() for r in caplog.records)
