@@ -31,7 +31,7 @@ from ._validation import (
     check_random_state,
 )
 from .scoring import center_of, check_contamination, residuals, robust_threshold, sample_scores
-from .solve import DEFAULT_N_INIT, solve_batch
+from .solve import DEFAULT_N_INIT, solve, solve_batch
 
 CENTERS = ("median", "mean", None)
 
@@ -71,7 +71,8 @@ class FitResult:
 
 
 def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DEFAULT_N_INIT,
-             seeds=None, contamination="auto", n_mad=3.0, backend="auto", **solver_options):
+             seeds=None, contamination="auto", n_mad=3.0, backend="auto", devices=None,
+             **solver_options):
     """Fit one L1-PCA model per matrix, with one batched solver call.
 
     Parameters
@@ -88,6 +89,8 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
     contamination : "auto" or float in (0, 0.5], default="auto"
     n_mad : float, default=3.0
     backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
+    devices : "all", int or list of jax devices, optional
+        Fit each matrix on the sharded solver over these devices (:func:`l1pca.kernels.solve`).
     **solver_options
         ``max_flips``, ``tol``, ``warm_start``, ``progress``: passed to
         :func:`l1pca.kernels.solve_batch`.
@@ -116,8 +119,13 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
 
     centers = [center_of(X, center) for X in mats]
     centred = [X - c for X, c in zip(mats, centers)]
-    results = solve_batch(centred, n_components, method=method, n_init=n_init, backend=backend,
-                          random_state=seeds, **solver_options)
+    if devices is not None:
+        # The sharded solver takes one matrix at a time (each is large enough to fill the mesh).
+        results = [solve(Xc, n_components, method=method, n_init=n_init, random_state=seed,
+                         devices=devices, **solver_options) for Xc, seed in zip(centred, seeds)]
+    else:
+        results = solve_batch(centred, n_components, method=method, n_init=n_init, backend=backend,
+                              random_state=seeds, **solver_options)
 
     out = []
     for X, c, res in zip(mats, centers, results):

@@ -20,6 +20,13 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    return value
+
+
 def _port(text):
     value = int(text)
     if not 0 <= value <= 65535:
@@ -84,6 +91,9 @@ FLAGS = (
     ("--max-n-init", _positive_int, "64", "most L1-BF starts a request may ask for"),
     ("--backend", str, "auto",
      "solver backend: auto (GPU if usable, else JAX on the CPU), jax, numpy or cupy"),
+    ("--sharded-min-rows", _non_negative_int, "0",
+     "Fit matrices with at least this many rows on the sharded solver over every JAX device "
+     "(0 = never; pays off with several GPUs)"),
     ("--warmup-shapes", _shapes, "64x16",
      "ROWSxCOLS,... whose shape buckets are compiled before SERVING"),
     ("--warmup-components", _int_list, "1,2", "values of K compiled for each warm-up shape"),
@@ -118,6 +128,7 @@ class ServeConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     max_n_init: int = 64
     backend: str = "auto"
+    sharded_min_rows: int = 0
     warmup_shapes: tuple = ((64, 16),)
     warmup_components: tuple = (1, 2)
     grace_s: float = 30.0

@@ -15,6 +15,7 @@ name                                  type       labels                    meani
 ``l1pca_inflight_requests``           gauge                                calls being handled
 ``l1pca_queue_dropped_total``         counter    reason                    left the queue uncomputed
 ``l1pca_cpu_fallback_total``          counter                              batches re-run on the CPU
+``l1pca_sharded_fits_total``          counter                              fits on the device mesh
 ``l1pca_serving``                     gauge                                1 while health is SERVING
 ``l1pca_build_info``                  info       version, backend, device  what runs here
 ====================================  =========  ========================  ==========================
@@ -61,6 +62,8 @@ class ServiceMetrics:
             ("reason",), registry=r)
         self.cpu_fallback = Counter(
             "l1pca_cpu_fallback", "Batches re-run on the CPU after a GPU failure.", registry=r)
+        self.sharded_fits = Counter(
+            "l1pca_sharded_fits", "Fits routed to the sharded solver (--sharded-min-rows).", registry=r)
         self.serving = Gauge("l1pca_serving", "1 while the health status is SERVING.", registry=r)
         self.build = Info("l1pca_build", "Version, solver backend and device of this server.",
                           registry=r)

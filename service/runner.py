@@ -118,11 +118,15 @@ class SolverRunner:
     metrics : ServiceMetrics, optional
     fault_inject : str, optional
         See :data:`FAULT_INJECT_ENV`.
+    sharded_min_rows : int
+        L1-BF fits of matrices with at least this many rows run on the sharded solver over every
+        JAX device (:mod:`l1pca.kernels.sharded`), one at a time; 0 turns it off.
     """
 
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
-                 fault_inject=None):
+                 fault_inject=None, sharded_min_rows=0):
         self.backend, self.device, self.on_gpu = select_backend(backend)
+        self.sharded_min_rows = int(sharded_min_rows)
         self.batch_sizes = batch_ladder(max_batch_size)
         if self.backend == "jax":
             # Import before any solver thread runs: the kernels import it lazily, and two threads
@@ -187,9 +191,15 @@ class SolverRunner:
         if "internal_seed" in self._faults and self._faults["internal_seed"] in seeds:
             raise RuntimeError("injected internal error")
         start = time.perf_counter()
+        mats = [X for X, _ in payloads]
+        sharded = (self.sharded_min_rows > 0 and key.method == "bitflip" and backend != "numpy"
+                   and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
         results: list[FitResult] = fit_many(
-            [X for X, _ in payloads], key.n_components, method=key.method, center=key.center,
-            n_init=key.n_init, seeds=seeds, contamination=key.contamination, backend=backend)
+            mats, key.n_components, method=key.method, center=key.center, n_init=key.n_init,
+            seeds=seeds, contamination=key.contamination, backend=backend,
+            **({"devices": "all"} if sharded else {}))
+        if sharded and self._metrics is not None:
+            self._metrics.sharded_fits.inc(len(mats))
         if self._metrics is not None:
             self._metrics.solve_duration.labels(results[0].backend, key.method).observe(
                 time.perf_counter() - start)

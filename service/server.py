@@ -91,7 +91,8 @@ class L1PCAServer:
     async def start(self):
         cfg = self.config
         self.runner = SolverRunner(cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size,
-                                   metrics=self.metrics, fault_inject=self._fault_inject)
+                                   metrics=self.metrics, fault_inject=self._fault_inject,
+                                   sharded_min_rows=cfg.sharded_min_rows)
         self.metrics.build.info({"version": _version(), "backend": self.runner.backend,
                                  "device": self.runner.device})
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size,

@@ -98,3 +98,29 @@ def test_two_process_job_on_loopback(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "out" / "components.npy"), est.components_, atol=1e-9)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["objective"] == pytest.approx(est.objective_, rel=1e-12)
+
+
+def test_service_routes_large_fits_to_the_sharded_solver(tmp_path):
+    """`l1pca serve --sharded-min-rows`: a Fit above the size runs on the device mesh (4 simulated
+    devices here), below it on the batched path; both equal a local fit."""
+    from conftest_service import scrape, start_subprocess_server, value
+    from l1pca.client import Client
+    from l1pca.kernels.fitting import fit_many
+
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc, port, metrics_port = start_subprocess_server(
+        tmp_path, "--backend", "jax", "--sharded-min-rows", "600", env=env, timeout=120)
+    try:
+        rng = np.random.default_rng(8)
+        big, small = rng.standard_normal((900, 6)), rng.standard_normal((100, 6))
+        with Client(f"127.0.0.1:{port}", timeout_s=120) as client:
+            got_big = client.fit(big, 2, seed=3)
+            got_small = client.fit(small, 2, seed=3)
+        assert value(scrape(metrics_port), "l1pca_sharded_fits_total") == 1
+        for X, got in ((big, got_big), (small, got_small)):
+            ref = fit_many([X], 2, seeds=[3], backend="numpy")[0]
+            np.testing.assert_allclose(got.components, ref.components, atol=1e-9)
+            assert got.objective == pytest.approx(ref.objective, rel=1e-12)
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
