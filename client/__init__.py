@@ -1,9 +1,9 @@
 """l1pca.client: the Python client of the l1pca service, the ``Model`` it returns, and the CLI."""
 from .model import Model
 
-__all__ = ["Model", "Client", "AsyncClient", "ClientError", "Retry", "OutlierScores"]
+__all__ = ["Model", "Client", "AsyncClient", "ClientError", "Retry", "OutlierScores", "tls_credentials"]
 
-_GRPC_NAMES = ("Client", "AsyncClient", "ClientError", "Retry", "OutlierScores")
+_GRPC_NAMES = ("Client", "AsyncClient", "ClientError", "Retry", "OutlierScores", "tls_credentials")
 
 
 def __getattr__(name):

@@ -34,9 +34,10 @@ def _orthonormal_to(w, Q_prev):
     When deflation has used up the rank of X, w may fall inside span(Q_prev); any unit vector of the
     complement then keeps Q orthonormal (it explains nothing, like the data left).
     """
-    w = w - Q_prev @ (Q_prev.T @ w)
+    for _ in range(2):  # twice: one Gram-Schmidt pass loses orthogonality when w is nearly in span
+        w = w - Q_prev @ (Q_prev.T @ w)
     norm = np.linalg.norm(w)
-    if norm > 1e-8:
+    if norm > 1e-6:
         return w / norm
     return np.linalg.svd(Q_prev.T, full_matrices=True)[2][-1]
 

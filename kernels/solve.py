@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -220,6 +220,25 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     K = int(n_components)
     if not mats:
         return []
+    # Every method is scale-invariant (the objective scales with X), so each matrix is divided by a
+    # power of two near its largest entry: exact in floating point for data in the normal range,
+    # and it keeps Gram entries, squared traces and determinants of extreme data (|x| ~ 1e100 or
+    # 1e-200, denormals) from overflowing or underflowing.
+    scales = [_pow2_scale(X) for X in mats]
+    mats = [X / sc for X, sc in zip(mats, scales)]
+    results = _solve_scaled(mats, K, method=method, n_init=n_init, backend=backend,
+                            random_state=random_state, max_flips=max_flips, tol=tol,
+                            warm_start=warm_start, max_candidates=max_candidates, progress=progress)
+    return [replace(res, objective=res.objective * sc) for res, sc in zip(results, scales)]
+
+
+def _pow2_scale(X):
+    peak = float(np.abs(X).max())
+    return 1.0 if peak == 0.0 else float(2.0 ** np.floor(np.log2(peak)))
+
+
+def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, tol, warm_start,
+                  max_candidates, progress):
     if method != "bitflip":
         backends.resolve(backend, method)  # rejects e.g. backend="jax" with method="exact"
         run = {"exact": _run_exact, "l2": _run_l2, "fixed-point": _run_greedy,

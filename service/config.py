@@ -48,6 +48,15 @@ def _non_negative_float(text):
     return value
 
 
+def _on_off(text):
+    value = str(text).strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} must be on or off")
+
+
 def _shapes(text):
     """``"64x16,256x32"`` -> ``((64, 16), (256, 32))``; empty -> no warm-up shapes."""
     shapes = []
@@ -84,6 +93,9 @@ FLAGS = (
     ("--max-queue", _positive_int, "1024",
      "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
     ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
+    ("--max-concurrent-rpcs", _non_negative_int, "0",
+     "most calls handled at once; gRPC refuses more with RESOURCE_EXHAUSTED before reading them "
+     "(0 = max-queue + workers x max-batch-size + 64)"),
     ("--max-rows", _positive_int, "200000", "most rows (samples) per matrix"),
     ("--max-cols", _positive_int, "4096", "most columns (features) per matrix"),
     ("--max-request-bytes", _positive_int, str(64 * 1024 * 1024),
@@ -101,6 +113,17 @@ FLAGS = (
      "on SIGTERM/SIGINT, seconds to finish queued and running work"),
     ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ("--port-file", str, "", "write the bound ports as JSON to this file once listening (for scripts)"),
+    ("--solve-timeout-s", _non_negative_float, "600",
+     "a solver call running longer than this is taken as a hung worker: its batch fails UNAVAILABLE "
+     "and the worker is replaced (0 = never)"),
+    ("--tls-cert", str, "", "PEM certificate chain of the gRPC port; with --tls-key turns TLS on"),
+    ("--tls-key", str, "", "PEM private key of --tls-cert"),
+    ("--tls-client-ca", str, "",
+     "PEM CA bundle: clients must present a certificate it signed (mutual TLS)"),
+    ("--auth-token-file", str, "",
+     "file of accepted bearer tokens, one per line, re-read on change and on SIGHUP; every call "
+     "but health then needs `authorization: Bearer <token>` (empty: no token check)"),
+    ("--reflection", _on_off, "on", "serve gRPC reflection (on or off)"),
 )
 CHOICES = {"--backend": ("auto", "jax", "numpy", "cupy"),
            "--log-level": ("DEBUG", "INFO", "WARNING", "ERROR")}
@@ -123,6 +146,7 @@ class ServeConfig:
     max_delay_ms: float = 2.0
     max_queue: int = 1024
     workers: int = 1
+    max_concurrent_rpcs: int = 0
     max_rows: int = 200000
     max_cols: int = 4096
     max_request_bytes: int = 64 * 1024 * 1024
@@ -134,6 +158,12 @@ class ServeConfig:
     grace_s: float = 30.0
     log_level: str = "INFO"
     port_file: str = ""
+    solve_timeout_s: float = 600.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_token_file: str = ""
+    reflection: bool = True
 
     def __post_init__(self):
         # argparse checks `choices` on the command line only; a default from the environment is
@@ -143,6 +173,9 @@ class ServeConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} (flag --{name.replace('_', '-')} or "
                                  f"{env_name('--' + name)}) is not one of {', '.join(allowed)}")
+        from .tls import check_tls_flags
+
+        check_tls_flags(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @classmethod
     def from_args(cls, args):

@@ -3,7 +3,8 @@
 Handlers and the batcher raise :class:`ServiceError` subclasses; :class:`StatusInterceptor` turns them
 into the call's status (and records the call's code and latency). Anything else is a bug: it becomes
 ``INTERNAL`` with a short reference, the traceback goes to the log (never to the caller), and the
-server goes on serving.
+server goes on serving. The interceptor also deserialises the request itself, so that bytes that
+are not a valid message answer ``INVALID_ARGUMENT`` (gRPC's own deserialiser answers ``INTERNAL``).
 """
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def _message_name(deserializer):
+    cls = getattr(deserializer, "__self__", None)
+    return getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "request")
+
+
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions of unary-unary handlers to status codes and reports every call.
 
@@ -72,18 +78,27 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = name[len(self._prefix):]
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            self._wrap(method, handler.unary_unary, handler.request_deserializer),
+            request_deserializer=None,  # raw bytes: decoded in `wrapped`, a failure is the caller's
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, method, behavior):
+    def _wrap(self, method, behavior, deserialize=None):
+        message = _message_name(deserialize)
+
         async def wrapped(request, context):
             start = time.perf_counter()
             code, details = grpc.StatusCode.OK, None
             if self._inflight is not None:
                 self._inflight.inc()
             try:
+                if deserialize is not None:
+                    try:
+                        request = deserialize(request)
+                    except Exception:  # noqa: BLE001 - DecodeError and kin: not a valid message
+                        raise InvalidArgument(
+                            f"the request ({len(request)} bytes) is not a valid {message} message "
+                            "(protobuf decoding failed)") from None
                 return await behavior(request, context)
             except ServiceError as exc:
                 code, details = exc.code, str(exc)

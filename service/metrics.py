@@ -16,6 +16,7 @@ name                                  type       labels                    meani
 ``l1pca_queue_dropped_total``         counter    reason                    left the queue uncomputed
 ``l1pca_cpu_fallback_total``          counter                              batches re-run on the CPU
 ``l1pca_sharded_fits_total``          counter                              fits on the device mesh
+``l1pca_worker_restarts_total``       counter                              hung solver pools replaced
 ``l1pca_serving``                     gauge                                1 while health is SERVING
 ``l1pca_build_info``                  info       version, backend, device  what runs here
 ====================================  =========  ========================  ==========================
@@ -64,6 +65,9 @@ class ServiceMetrics:
             "l1pca_cpu_fallback", "Batches re-run on the CPU after a GPU failure.", registry=r)
         self.sharded_fits = Counter(
             "l1pca_sharded_fits", "Fits routed to the sharded solver (--sharded-min-rows).", registry=r)
+        self.worker_restarts = Counter(
+            "l1pca_worker_restarts", "Solver thread pools replaced after a hung solver call "
+            "(--solve-timeout-s) or a pool that refused work.", registry=r)
         self.serving = Gauge("l1pca_serving", "1 while the health status is SERVING.", registry=r)
         self.build = Info("l1pca_build", "Version, solver backend and device of this server.",
                           registry=r)

@@ -15,12 +15,19 @@ The service does no arithmetic: a batch of fit requests becomes one
   and counts it in ``l1pca_cpu_fallback_total``. Without a GPU the path is exercised by fault
   injection (``L1PCA_FAULT_INJECT=gpu_oom``, tests only).
 * A bad matrix that only the solver can detect (``exact`` on a problem too large) fails alone: a
-  batch that raises ``ValueError`` is re-run one request at a time.
+  batch that raises ``ValueError`` is re-run one request at a time. A batch that raises anything
+  else (a solver bug) fails its own requests (INTERNAL) and no other batch.
+* A hung worker (a solver call past ``--solve-timeout-s``) is abandoned: the server fails its batch
+  with UNAVAILABLE and :meth:`SolverRunner.replace_workers` starts a fresh thread pool (counted in
+  ``l1pca_worker_restarts_total``); Python cannot kill a thread, so the hung one is left to end on its
+  own. A pool that can no longer take work (shut down under us) is replaced the same way at the next
+  submission.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -36,7 +43,11 @@ log = logging.getLogger("l1pca.service")
 
 FAULT_INJECT_ENV = "L1PCA_FAULT_INJECT"
 """Tests only. Comma-separated: ``gpu_oom`` (every batch's first attempt fails like a GPU out of
-memory), ``internal_seed=N`` (a batch holding a request with seed N raises an unexpected error)."""
+memory), ``internal_seed=N`` (a solver call holding a request with seed N raises an unexpected
+error), ``hang_seed=N`` (a solver call holding a request with seed N blocks until the server stops:
+a hung worker)."""
+
+FAULTS = ("gpu_oom", "internal_seed", "hang_seed")
 
 
 class FitKey(NamedTuple):
@@ -99,7 +110,7 @@ def parse_fault_inject(spec: str | None):
         if not part:
             continue
         name, _, value = part.partition("=")
-        if name not in ("gpu_oom", "internal_seed"):
+        if name not in FAULTS:
             raise ValueError(f"{FAULT_INJECT_ENV}={spec!r}: unknown fault {name!r}")
         faults[name] = int(value) if value else True
     return faults
@@ -134,6 +145,9 @@ class SolverRunner:
             import l1pca.kernels.bitflip_jax  # noqa: F401
         self.workers = int(workers)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="l1pca-solve")
+        self.worker_restarts = 0
+        self._pool_lock = threading.Lock()
+        self._released = threading.Event()  # set at shutdown: ends injected hangs
         self._metrics = metrics
         self._faults = parse_fault_inject(fault_inject)
         if self._faults:
@@ -144,7 +158,37 @@ class SolverRunner:
         return f"backend={self.backend} on {where}"
 
     def shutdown(self):
+        self._released.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- workers --------------------------------------------------------------------------------
+    def submit(self, fn, *args):
+        """``fn(*args)`` on a solver thread; a concurrent future. A pool that refuses work (shut
+        down) is replaced once, and the work submitted to the new one."""
+        pool = self.executor
+        try:
+            return pool.submit(fn, *args)
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            if self._released.is_set():
+                raise
+            self.replace_workers(f"the solver pool refused work ({exc})", pool=pool)
+            return self.executor.submit(fn, *args)
+
+    def replace_workers(self, reason, *, pool=None):
+        """Swap in a fresh solver thread pool; the old one's threads are abandoned (a hung thread
+        cannot be killed) and end when their call returns. ``pool``: replace only if still current
+        (two callers noticing the same failure replace it once)."""
+        with self._pool_lock:
+            if pool is not None and pool is not self.executor:
+                return False
+            old, self.executor = self.executor, ThreadPoolExecutor(
+                self.workers, thread_name_prefix="l1pca-solve")
+            self.worker_restarts += 1
+        old.shutdown(wait=False, cancel_futures=False)
+        log.error("solver worker replaced (%s); %d replacement(s) so far", reason, self.worker_restarts)
+        if self._metrics is not None:
+            self._metrics.worker_restarts.inc()
+        return True
 
     # -- batches --------------------------------------------------------------------------------
     def fit_batch(self, key: FitKey, payloads):
@@ -190,6 +234,9 @@ class SolverRunner:
             raise InjectedDeviceFault("out of memory allocating the batch (injected fault)")
         if "internal_seed" in self._faults and self._faults["internal_seed"] in seeds:
             raise RuntimeError("injected internal error")
+        if "hang_seed" in self._faults and self._faults["hang_seed"] in seeds:
+            self._released.wait(3600.0)  # a hung worker, until the server stops (bounded)
+            raise RuntimeError("injected hang ended")
         start = time.perf_counter()
         mats = [X for X, _ in payloads]
         sharded = (self.sharded_min_rows > 0 and key.method == "bitflip" and backend != "numpy"

@@ -9,8 +9,12 @@ Lifecycle:
 3. ``stop(grace_s)``: health NOT_SERVING, no new calls, queued requests flushed at once, running calls
    given ``grace_s`` to finish; then the threads and the metrics endpoint stop.
 
-``serve(config)`` runs this under asyncio with SIGTERM / SIGINT handlers and returns the exit status
-(0 after a clean drain).
+``serve(config)`` runs this under asyncio with SIGTERM / SIGINT handlers (SIGHUP re-reads the token
+file) and returns the exit status (0 after a clean drain).
+
+Security (SECURITY.md): TLS or mutual TLS on the gRPC port (:mod:`l1pca.service.tls`), bearer tokens
+(:mod:`l1pca.service.auth`; health stays open for probes), reflection can be switched off, and both
+ports bind loopback unless configured.
 """
 from __future__ import annotations
 
@@ -34,12 +38,14 @@ from l1pca.kernels import DEFAULT_N_INIT
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
 
+from .auth import AuthInterceptor, TokenFile
 from .batcher import Batcher
 from .config import ServeConfig
-from .errors import StatusInterceptor
+from .errors import StatusInterceptor, Unavailable
 from .handlers import L1PCAServicer, Limits
 from .metrics import ServiceMetrics, start_http
 from .runner import FAULT_INJECT_ENV, SolverRunner
+from .tls import server_credentials
 
 log = logging.getLogger("l1pca.service")
 
@@ -83,6 +89,7 @@ class L1PCAServer:
         self._stopping = False
         self._grpc = None
         self._httpd = None
+        self.tokens: TokenFile | None = None
 
     @property
     def ready(self) -> bool:
@@ -90,6 +97,9 @@ class L1PCAServer:
 
     async def start(self):
         cfg = self.config
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)  # read first:
+        if cfg.auth_token_file:                                                         # bad files
+            self.tokens = TokenFile(cfg.auth_token_file)                                # fail fast
         self.runner = SolverRunner(cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size,
                                    metrics=self.metrics, fault_inject=self._fault_inject,
                                    sharded_min_rows=cfg.sharded_min_rows)
@@ -106,27 +116,41 @@ class L1PCAServer:
         servicer = L1PCAServicer(batcher=self.batcher,
                                  limits=Limits(cfg.max_rows, cfg.max_cols, cfg.max_n_init),
                                  executor=self._light, info=info, is_ready=lambda: self._ready)
+        interceptors = [StatusInterceptor(self.metrics.observe_call, inflight=self.metrics.inflight)]
+        if self.tokens is not None:  # outermost: a refused call reaches nothing else
+            interceptors.insert(0, AuthInterceptor(self.tokens, observe=self.metrics.observe_call))
+        # Beyond what can queue or compute, calls are refused by gRPC itself (cheap, before the
+        # request is read): overload is shed even when the event loop is saturated.
+        self.max_concurrent_rpcs = (cfg.max_concurrent_rpcs
+                                    or cfg.max_queue + cfg.workers * cfg.max_batch_size + 64)
         self._grpc = grpc.aio.server(
-            interceptors=[StatusInterceptor(self.metrics.observe_call, inflight=self.metrics.inflight)],
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
+            interceptors=interceptors,
             options=[("grpc.max_receive_message_length", cfg.max_request_bytes),
                      ("grpc.max_send_message_length", -1)],
         )
         pb_grpc.add_L1PCAServicer_to_server(servicer, self._grpc)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self._grpc)
+        if cfg.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME), self._grpc)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = _address(cfg.host, cfg.port)
-        self.port = self._grpc.add_insecure_port(address)
+        self.port = (self._grpc.add_insecure_port(address) if credentials is None
+                     else self._grpc.add_secure_port(address, credentials))
         if not self.port:
             raise OSError(f"cannot bind the gRPC port at {address}")
         await self._grpc.start()
         self.batcher.start()
         if cfg.metrics_port >= 0:
             self._httpd, self.metrics_port = start_http(self.metrics, cfg.metrics_host, cfg.metrics_port)
+        log.info("security: %s, %s, reflection %s",
+                 "mutual TLS" if cfg.tls_client_ca else "TLS" if credentials else "plaintext (no TLS)",
+                 f"bearer tokens from {cfg.auth_token_file}" if self.tokens else "no token check",
+                 "on" if cfg.reflection else "off")
         log.info("l1pca %s: gRPC on %s, metrics on %s; %s", _version(), _address(cfg.host, self.port),
                  f"http://{_address(cfg.metrics_host, self.metrics_port)}/metrics"
                  if self.metrics_port is not None else "disabled", self.runner.describe())
@@ -156,8 +180,23 @@ class L1PCAServer:
         log.info("warm-up done (%d solver calls in %.1f s): SERVING", calls, time.perf_counter() - t0)
 
     async def _run_batch(self, key, payloads):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.runner.executor, self.runner.fit_batch, key, payloads)
+        """One batch on a solver thread; past ``--solve-timeout-s`` the worker is taken as hung: the
+        batch fails UNAVAILABLE (retryable) and the solver pool is replaced."""
+        future = asyncio.wrap_future(self.runner.submit(self.runner.fit_batch, key, payloads))
+        pool = self.runner.executor
+        timeout_s = self.config.solve_timeout_s or None
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            self.runner.replace_workers(f"a solver call of {len(payloads)} requests ran over "
+                                        f"--solve-timeout-s={timeout_s:g}", pool=pool)
+            raise Unavailable(f"the solver worker did not answer within {timeout_s:g} s and was "
+                              "replaced; the request was not computed, retry") from None
+
+    def reload_auth(self):
+        """Re-read the token file (SIGHUP)."""
+        if self.tokens is not None:
+            self.tokens.reload()
 
     async def stop(self, grace_s: float | None = None):
         """Drain: NOT_SERVING, refuse new calls, finish queued and running ones within ``grace_s``."""
@@ -185,7 +224,13 @@ async def _serve(config: ServeConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
+    try:
+        await server.start()
+    except (OSError, ValueError) as exc:  # a bad TLS / token file, a port in use: say which, exit 2
+        log.error("cannot start: %s", exc)
+        await server.stop(0)
+        return 2
     warm = asyncio.ensure_future(server.warm_up())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -79,3 +79,15 @@ def test_degenerate_inputs_give_finite_orthonormal_components(X, backend):
     for method in ("exact", "l2", "fixed-point", "non-greedy"):
         other = solve(X, K, method=method)
         np.testing.assert_allclose(other.components.T @ other.components, np.eye(K), atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["fixed-point", "non-greedy", "bitflip", "l2"])
+@pytest.mark.parametrize("scale", [1e-300, 1.0, 1e120])
+def test_k_equal_d_on_rank_deficient_data_of_any_scale(method, scale):
+    """K = D with rank < D, at extreme scales (found by the service fuzzer): still orthonormal."""
+    rng = np.random.default_rng(9)
+    for N, D, r in [(31, 9, 3), (9, 9, 2), (15, 12, 5)]:
+        X = scale * (rng.standard_normal((N, r)) @ rng.standard_normal((r, D)))
+        res = solve(X, D, method=method, random_state=0)
+        np.testing.assert_allclose(res.components.T @ res.components, np.eye(D), atol=1e-9)
+        assert np.isfinite(res.objective) and res.objective > 0
