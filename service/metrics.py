@@ -12,6 +12,7 @@ name                                  type       labels                    meani
 ``l1pca_solve_duration_seconds``      histogram  backend, method           one batched solver call
 ``l1pca_batch_size``                  histogram                            requests per solver call
 ``l1pca_queue_depth``                 gauge                                requests waiting to batch
+``l1pca_queue_capacity``              gauge                                --max-queue
 ``l1pca_inflight_requests``           gauge                                calls being handled
 ``l1pca_queue_dropped_total``         counter    reason                    left the queue uncomputed
 ``l1pca_cpu_fallback_total``          counter                              batches re-run on the CPU
@@ -32,6 +33,8 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 RPC_METHODS = ("Fit", "Transform", "ScoreOutliers", "GetServerInfo")
+STATUS_CODES = ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+                "INTERNAL", "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 class ServiceMetrics:
@@ -71,8 +74,16 @@ class ServiceMetrics:
         self.serving = Gauge("l1pca_serving", "1 while the health status is SERVING.", registry=r)
         self.build = Info("l1pca_build", "Version, solver backend and device of this server.",
                           registry=r)
-        for method in RPC_METHODS:  # export zeros from the start, so rates work on a fresh server
+        self.queue_capacity = Gauge("l1pca_queue_capacity",
+                                    "Most requests the batching queue holds (--max-queue).", registry=r)
+        # Export zeros from the start, so that rate() and increase() see the first call of each kind
+        # after a pod starts (a series born at its first increment loses that increment).
+        for method in RPC_METHODS:
             self.request_duration.labels(method)
+            for code in STATUS_CODES:
+                self.requests.labels(method, code)
+        for reason in ("deadline", "cancelled"):
+            self.queue_dropped.labels(reason)
 
     def observe_call(self, method, code, seconds):
         """A finished call (:class:`l1pca.service.errors.StatusInterceptor` calls this)."""

@@ -103,6 +103,7 @@ class L1PCAServer:
         self.runner = SolverRunner(cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size,
                                    metrics=self.metrics, fault_inject=self._fault_inject,
                                    sharded_min_rows=cfg.sharded_min_rows)
+        self.metrics.queue_capacity.set(cfg.max_queue)
         self.metrics.build.info({"version": _version(), "backend": self.runner.backend,
                                  "device": self.runner.device})
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size,
