@@ -40,7 +40,7 @@ bench-service: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Every table and figure of the paper reproduction (bench/README.md); about 20 minutes on 2 cores.
+# Every table and figure of the paper reproduction (bench/README.md); 15-20 minutes on 2 cores.
 # `make bench-paper PAPER_ARGS='--quick --out /tmp/paper-quick'` runs tiny sizes in seconds.
 .PHONY: bench-paper
 bench-paper: $(STAMP)
