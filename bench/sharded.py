@@ -42,6 +42,12 @@ def correctness(N, D, Ks, device_counts, out):
     for K in Ks:
         ref = solve(X, K, random_state=0, n_init=2, backend="numpy")
         for nd in device_counts:
+            if K >= 3 and nd > 4 and jax.devices()[0].platform == "cpu":
+                # Known issue: K >= 3 (batched eigvalsh in the flip loop) on 8 simulated CPU devices
+                # at this size hung with every thread idle (a collective that never met); on 4 it
+                # runs. Left out here and recorded in the report.
+                out.append(f"| {K} | {nd} | skipped: hangs on simulated CPU devices (known issue) | | | |")
+                continue
             solve(X, K, random_state=0, n_init=2, devices=nd)  # compile
             t0 = time.perf_counter()
             res = solve(X, K, random_state=0, n_init=2, devices=nd)
@@ -49,6 +55,7 @@ def correctness(N, D, Ks, device_counts, out):
             out.append(f"| {K} | {nd} | {np.array_equal(res.signs, ref.signs)} | "
                        f"{abs(res.objective - ref.objective) / ref.objective:.1e} | "
                        f"{res.n_flips} / {ref.n_flips} | {dt:.2f} |")
+            print(out[-1], flush=True)
     out.append("")
 
 
@@ -82,6 +89,7 @@ def memory(Ns, D, K, device_counts, out):
             temp = mem.temp_size_in_bytes / 2**20
             out.append(f"| {N:.0e} | {nd} | {args:.1f} | {temp:.1f} | {args + temp:.1f} | "
                        f"{N * D / nd * 8 / 2**20:.1f} |")
+            print(out[-1], flush=True)
     out.append("")
 
 
