@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from fuzz_strategies import (RPCS, adversarial_fit, check_answer, garbage_matrix_request,  # noqa: E402
-                             model_msg, raw_call)
+                             model_msg, raw_call, timed_raw_call)
 
 MAX_ROWS, MAX_COLS = 1_000_000, 100_000
 SERVER_FLAGS = ["--backend", "numpy", "--max-rows", str(MAX_ROWS), "--max-cols", str(MAX_COLS),
@@ -92,13 +92,7 @@ def main(argv=None):
                     if method in ("Transform", "ScoreOutliers") and request.HasField("model"):
                         request.model.CopyFrom(model_msg(request.model, good))
                     payload = request.SerializeToString()
-                t0 = time.perf_counter()
-                try:
-                    out = raw_call(channel, method)(payload, timeout=TIMEOUT_S)
-                    code, details = grpc.StatusCode.OK, ""
-                except grpc.RpcError as err:
-                    out, code, details = None, err.code(), err.details() or ""
-                elapsed = time.perf_counter() - t0
+                code, details, out, elapsed = timed_raw_call(channel, method, payload, TIMEOUT_S)
                 worst["s"] = max(worst["s"], elapsed)
                 counts["sent"] += 1
                 counts[code.name] += 1

@@ -6,6 +6,8 @@ through a raw channel method (no client-side checks in the way).
 """
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 from hypothesis import strategies as st
@@ -27,6 +29,17 @@ FAMILIES = ("gauss", "zeros", "constant columns", "duplicated columns", "rank 1"
 def raw_call(channel, method):
     """The method as a bytes-in, bytes-out callable (no (de)serialisation on the client)."""
     return channel.unary_unary(f"/l1pca.v1.L1PCA/{method}")
+
+
+def timed_raw_call(channel, method, payload, timeout_s):
+    """Send raw bytes; ``(code, details, response bytes or None, seconds)`` whatever the outcome."""
+    t0 = time.perf_counter()
+    try:
+        out = raw_call(channel, method)(payload, timeout=timeout_s)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as err:
+        out, code, details = None, err.code(), err.details() or ""
+    return code, details, out, time.perf_counter() - t0
 
 
 def _u64():

@@ -8,7 +8,6 @@ examples are derandomised (the same few hundred cases on every run); ``bench/fuz
 the same generators, randomised, for 10,000+ cases.
 """
 import resource
-import time
 
 import grpc
 import numpy as np
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest_service import ServerThread
 from fuzz_strategies import (RPCS, adversarial_fit, check_answer, garbage_matrix_request, model_msg,
-                             raw_call)
+                             raw_call, timed_raw_call)
 from l1pca.client import wire
 from l1pca.v1 import l1pca_pb2 as pb
 
@@ -55,13 +54,7 @@ def _served(channel):
 
 
 def _send(channel, method, payload):
-    t0 = time.perf_counter()
-    try:
-        out = raw_call(channel, method)(payload, timeout=TIMEOUT_S)
-        code, details = grpc.StatusCode.OK, ""
-    except grpc.RpcError as err:
-        out, code, details = None, err.code(), err.details() or ""
-    elapsed = time.perf_counter() - t0
+    code, details, out, elapsed = timed_raw_call(channel, method, payload, TIMEOUT_S)
     assert elapsed < TIMEOUT_S / 2, f"{method} took {elapsed:.1f} s"
     return code, details, out
 
