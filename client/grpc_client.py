@@ -14,7 +14,8 @@ stateless) and also works locally (``model.transform(X)``, ``model.score_samples
   would be refused is refused here, before sending, with ``INVALID_ARGUMENT``.
 * Deadlines: ``timeout_s`` bounds a whole call, retries included; each attempt gets what is left.
 * Retries: :class:`Retry`, full-jitter exponential backoff, only for transient codes (UNAVAILABLE,
-  RESOURCE_EXHAUSTED, except a message over the size limit, which no retry can fix).
+  CANCELLED from the server's side, RESOURCE_EXHAUSTED except a message over the size limit, which no
+  retry can fix).
 * Security: ``credentials=tls_credentials(ca_file=..., cert_file=..., key_file=...)`` for TLS (the
   certificate pair for mutual TLS), ``token=...`` sends ``authorization: Bearer <token>`` with every
   call (over TLS, or plaintext on loopback). The token never appears in an error message.
@@ -43,7 +44,14 @@ from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
 from . import wire
 from .model import Model
 
-TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# CANCELLED is transient here: a gRPC server that shuts down (a drained replica, a rollout) ends the
+# calls it has received but not yet handed to a handler with CANCELLED, not UNAVAILABLE
+# (grpc/grpc#41785). This client never cancels a call itself (its own deadline ends as
+# DEADLINE_EXCEEDED, and an asyncio cancellation raises CancelledError, not an RpcError), so a
+# CANCELLED status always comes from the far side; and every l1pca RPC is stateless and
+# idempotent, so sending it again, most likely to another replica, is safe.
+TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 

@@ -4,6 +4,7 @@ import json
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -13,6 +14,8 @@ from conftest_service import ServerThread, free_port, value
 from l1pca.client import AsyncClient, Client, ClientError, Model, Retry
 from l1pca.client.cli import main as cli_main
 from l1pca.client.grpc_client import resolve_target
+from l1pca.v1 import l1pca_pb2 as pb
+from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
 from l1pca.kernels import L1PCA
 
 X = np.random.default_rng(1).normal(size=(40, 6))
@@ -139,6 +142,7 @@ def test_retry_backoff_is_full_jitter_and_capped():
         sleeps = [retry.sleep_s(attempt, rng) for _ in range(200)]
         assert 0 <= min(sleeps) and max(sleeps) <= cap and max(sleeps) > 0.5 * cap
     assert retry.retryable(grpc.StatusCode.UNAVAILABLE, "")
+    assert retry.retryable(grpc.StatusCode.CANCELLED, "CANCELLED")
     assert not retry.retryable(grpc.StatusCode.INVALID_ARGUMENT, "")
     assert not retry.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                "Received message larger than max (5 vs. 4)")
@@ -190,3 +194,51 @@ def test_cli_reports_a_server_error_with_its_code(server, tmp_path, capsys):
                        "-o", str(tmp_path / "o")])
     assert status == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+class _CancelsFirst(pb_grpc.L1PCAServicer):
+    """A servicer that ends its first calls with CANCELLED, as a shutting-down gRPC server does to the
+    calls it has received but not yet started (grpc/grpc#41785), then answers."""
+
+    def __init__(self, n_cancelled):
+        self.calls = 0
+        self.n_cancelled = n_cancelled
+
+    def GetServerInfo(self, request, context):
+        self.calls += 1
+        if self.calls <= self.n_cancelled:
+            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return pb.ServerInfo(version="test")
+
+
+@pytest.fixture
+def cancelling_server():
+    servicer = _CancelsFirst(n_cancelled=2)
+    srv = grpc.server(ThreadPoolExecutor(2))
+    pb_grpc.add_L1PCAServicer_to_server(servicer, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        srv.stop(0)
+
+
+def test_cancelled_from_the_server_is_retried(cancelling_server):
+    target, servicer = cancelling_server
+    with Client(target, timeout_s=10, retry=Retry(initial_s=0.01, maximum_s=0.05)) as client:
+        assert client.server_info().version == "test"
+    assert servicer.calls == 3
+
+    async def run():
+        async with AsyncClient(target, timeout_s=10, retry=Retry(initial_s=0.01)) as client:
+            return await client.server_info()
+
+    servicer.calls = 0
+    assert asyncio.run(run()).version == "test"
+    assert servicer.calls == 3
+    # Without retries the status reaches the caller unchanged.
+    servicer.calls = 0
+    with Client(target, timeout_s=10, retry=None) as client, pytest.raises(ClientError) as err:
+        client.server_info()
+    assert err.value.code == grpc.StatusCode.CANCELLED and servicer.calls == 1
