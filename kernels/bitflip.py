@@ -10,6 +10,13 @@ The search maximises ``||Y B||_*`` over sign matrices B (N x K) for the reduced 
   the best one if it gains more than ``tol`` times the current value (ties: lowest n*K + k).
 * When no allowed bit gains but bits were flipped in this round, a new round starts with every bit
   allowed. When a whole round starts and finds no gain, the point is a single-flip local optimum.
+* Fixed-point sweeps (``warm_start=True``, the default): whenever bits disagree in sign with the
+  Procrustes direction ``Y^T Q`` (:func:`sweep_mask`), one step flips them all. Every such bit is an
+  improving flip on its own, and flipping them together still improves; a single-flip local optimum
+  has none, so the end point is the same kind. Why: on data with gross outliers one flip of an
+  outlier turns the subspace a little, and thousands of ordinary samples near the boundary then
+  disagree; single flips undo them one O(N d) step at a time (22,916 steps at N = 1e5, D = 100),
+  sweeps in a few dozen.
 * Every flip raises the metric by more than the tolerance, so no sign matrix repeats and the loop ends;
   ``max_flips`` bounds it anyway, and ``converged`` says whether the optimum was reached.
 
@@ -125,19 +132,21 @@ POLAR_RTOL = 1e-6
 """Y B counts as rank-deficient (its Procrustes factor not unique) below this singular-value ratio."""
 
 
-def polar_factor(A, xp=np):
-    """``U V^T`` of the thin SVD ``A = U S V^T`` (up to scale for K = 1), and whether it is unique.
+def inv_sqrt_gram(C, xp=np):
+    """``C^(-1/2)`` of a K x K Gram ``C = A^T A``, and whether ``A`` has full column rank.
 
-    Computed as ``A (A^T A)^(-1/2)`` from the K x K Gram (a closed form for K = 2): batched small SVDs
-    are slow under ``vmap`` on the CPU, and the warm start only needs the signs of ``Y^T Q``.
-    When A is rank-deficient (the paper's L2 start copies one column K times) the factor is not
-    unique and an SVD routine's choice differs between LAPACK, XLA and cuSOLVER; the fixed point then
-    stops rather than follow an arbitrary direction.
+    ``A C^(-1/2)`` is the Procrustes factor ``U V^T`` of ``A = U S V^T`` (:func:`polar_factor`), and
+    ``P C^(-1/2)`` with ``P = Y^T A`` is ``Y^T`` times it: the sweep direction, from the K x K Gram
+    only (a closed form for K <= 2; batched small SVDs are slow under ``vmap`` on the CPU). When A is
+    rank-deficient (the paper's L2 start copies one column K times) the factor is not unique and an
+    SVD routine's choice differs between LAPACK, XLA and cuSOLVER; callers then skip the sweep rather
+    than follow an arbitrary direction.
     """
-    K = A.shape[1]
+    K = C.shape[-1]
     if K == 1:
-        return A, xp.sum(A * A) > 0
-    C = A.T @ A
+        c = C[0, 0]
+        unique = c > 0
+        return xp.where(unique, 1.0 / xp.sqrt(xp.where(unique, c, 1.0)), 0.0).reshape(1, 1), unique
     if K == 2:
         a, b, c = C[0, 0], C[1, 1], C[0, 1]
         tr, det = a + b, a * b - c * c
@@ -147,31 +156,32 @@ def polar_factor(A, xp=np):
         # sqrt(C) = (C + sqrt(det) I) / t; its inverse by the 2 x 2 adjugate.
         r00, r11, r01 = (a + sq) / t, (b + sq) / t, c / t
         rdet = xp.where(unique, r00 * r11 - r01 * r01, 1.0)
-        inv = xp.stack([xp.stack([r11, -r01]), xp.stack([-r01, r00])]) / rdet
-        return A @ inv, unique
+        return xp.stack([xp.stack([r11, -r01]), xp.stack([-r01, r00])]) / rdet, unique
     w, V = xp.linalg.eigh(C)
     unique = w[0] > POLAR_RTOL ** 2 * w[-1]
     floor = xp.maximum(w[-1] * POLAR_RTOL ** 2, np.finfo(np.float64).tiny)
     inv_sqrt = xp.where(unique, 1.0 / xp.sqrt(xp.maximum(w, floor)), 0.0)
-    return A @ (V * inv_sqrt) @ V.T, unique
+    return (V * inv_sqrt) @ V.T, unique
 
 
-def fixed_point(Y, B, *, max_iter=100, xp=np):
-    """Fixed-point iterations ``B <- sgn(Y^T Procrustes(Y B))`` (Nie et al. 2011; Kwak 2008 for K=1).
+def polar_factor(A, xp=np):
+    """``U V^T`` of the thin SVD ``A = U S V^T``, and whether it is unique (see :func:`inv_sqrt_gram`)."""
+    R, unique = inv_sqrt_gram(A.T @ A, xp)
+    return A @ R, unique
 
-    Each iteration does not decrease ``||Y B||_*``; it stops when B repeats, when ``Y B`` is
-    rank-deficient (see :func:`polar_factor`) or after ``max_iter``. Used as a warm start: it is
-    O(N d K) per sweep and removes most of the flips L1-BF would do.
+
+def sweep_mask(B, P, C, cur, tol, xp=np):
+    """Bits whose sign disagrees with the Procrustes direction: the bits a fixed-point sweep flips.
+
+    With ``Q = A C^(-1/2)`` the Procrustes factor of ``A = Y B`` and ``Z = Y^T Q = P C^(-1/2)``,
+    flipping every bit with ``B Z < 0`` at once raises ``||Y B||_*`` by at least ``2 sum |Z|`` over
+    those bits (``||Y B'||_* >= tr(Q^T Y B')``; Nie et al. 2011, Kwak 2008 for K = 1), and flipping
+    any one of them alone gains at least ``2 |Z|``. Only disagreements beyond ``tol * cur / 2`` count,
+    so each flipped bit gains more than the tolerance of a single flip and rounding noise never
+    triggers a sweep. Nothing is flagged while Y B is rank-deficient.
     """
-    for _ in range(max_iter):
-        Q, unique = polar_factor(Y @ B, xp)
-        if not bool(unique):
-            break
-        new = sign(Y.T @ Q, xp)
-        if bool(xp.all(new == B)):
-            break
-        B = new
-    return B
+    R, unique = inv_sqrt_gram(C, xp)
+    return xp.logical_and(B * (P @ R) < -0.5 * tol * cur, unique)
 
 
 def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, xp=np):
@@ -184,30 +194,47 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, x
     B0 : array (N, K) of +-1
         Start.
     max_flips : int, optional
-        Flip cap; default :func:`default_max_flips`.
+        Cap on flip steps (single flips plus sweeps); default :func:`default_max_flips`.
     tol : float
         A flip must raise the metric by more than ``tol`` times its current value.
     warm_start : bool
-        Run :func:`fixed_point` before flipping. The end point is still a single-flip local optimum.
+        Fixed-point sweeps (:func:`sweep_mask`): whenever some bits disagree with the Procrustes
+        direction, flip them all in one step instead of one flip each. From the start this is the
+        fixed-point warm start; between single flips it absorbs the cascade one flip of an outlier
+        sets off, which single flips would undo one bit at a time (thousands of O(N d) steps on
+        contaminated data of 1e5 samples). The end point is still a single-flip local optimum.
+        False: the paper's L1-BF, single flips only.
 
     Returns
     -------
     SearchResult
+        ``n_flips`` counts flip steps: single flips and sweeps, each one O(N d K) update.
     """
     N, K = B0.shape
     if max_flips is None:
         max_flips = default_max_flips(N, K)
     B = xp.array(B0, dtype=Y.dtype, copy=True)
-    if warm_start:
-        B = fixed_point(Y, B, xp=xp)
     g = (Y * Y).sum(axis=0)
     A, P, C = _state(Y, B)
     flipped = xp.zeros((N, K), dtype=bool)
     n_flips, converged = 0, False
-    # A step either flips a bit or ends a round; a round that ends had at least one flip, so
-    # 2 * max_flips + 2 steps bound the loop even if the flip cap were never reached.
+    # A step flips a bit, sweeps, or ends a round; a round that ends had at least one single flip,
+    # so 2 * max_flips + 2 steps bound the loop even if the flip cap were never reached.
     for _ in range(2 * max_flips + 2):
         cur = float(gram_nuclear(C, xp))
+        if warm_start:
+            bad = sweep_mask(B, P, C, cur, tol, xp)
+            if bool(bad.any()):
+                if n_flips >= max_flips:
+                    break
+                rows = xp.nonzero(bad.any(axis=1))[0]
+                delta = xp.where(bad[rows], -2.0 * B[rows], 0.0)
+                A += Y[:, rows] @ delta
+                P = Y.T @ A
+                B[rows] += delta
+                C = A.T @ A
+                n_flips += 1
+                continue
         gains = xp.where(flipped, -xp.inf, candidate_gains(B, P, C, g, xp))
         j, best = select_flip(gains, cur, xp)
         n, k = divmod(int(j), K)

@@ -22,10 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .bitflip import candidate_gains, gram_nuclear, polar_factor, select_flip
+from .bitflip import candidate_gains, gram_nuclear, select_flip, sweep_mask
 from .reduce import l2_start_matrix, reduce_rank, sign
-
-_FIXED_POINT_MAX_ITER = 100
 
 # Buckets (batch, rows, cols, K, starts, warm_start) compiled in this process. jit keeps its own cache; this
 # mirror of it lets backend="auto" prefer JAX where no compile is pending, without asking jit.
@@ -48,61 +46,42 @@ class FlipState(NamedTuple):
     converged: jax.Array  # bool
 
 
-class FixedPointState(NamedTuple):
-    B: jax.Array
-    changed: jax.Array
-    it: jax.Array
-
-
 def _running(state: FlipState, max_steps) -> jax.Array:
     return jnp.logical_and(~state.done, state.steps < max_steps)
 
 
-def _fixed_point_step(Y, state: FixedPointState) -> FixedPointState:
-    Q, unique = polar_factor(Y @ state.B, jnp)
-    new = jnp.where(unique, sign(Y.T @ Q, jnp), state.B)
-    return FixedPointState(new, jnp.logical_and(unique, jnp.any(new != state.B)), state.it + 1)
-
-
-def fixed_point(Y, B):
-    """``B <- sgn(Y^T Procrustes(Y B))`` until B repeats (capped), as the NumPy warm start."""
-    init = FixedPointState(B, jnp.array(True), jnp.array(0, jnp.int32))
-    out = lax.while_loop(
-        lambda s: jnp.logical_and(s.changed, s.it < _FIXED_POINT_MAX_ITER),
-        functools.partial(_fixed_point_step, Y),
-        init,
-    )
-    return out.B
-
-
-def _flip_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
+def _flip_step(Y, g, max_flips, tol, warm_start: bool, state: FlipState) -> FlipState:
     N, K = state.B.shape
     cur = gram_nuclear(state.C, jnp)
     gains = jnp.where(state.flipped, -jnp.inf, candidate_gains(state.B, state.P, state.C, g, jnp))
     j, best = select_flip(gains, cur, jnp)
     n, k = j // K, j % K
     improve = best > tol * cur
-    capped = jnp.logical_and(improve, state.n_flips >= max_flips)
-    do_flip = jnp.logical_and(improve, ~capped)
+    # A sweep (every bit that disagrees with the Procrustes direction) takes precedence over a flip.
+    bad = sweep_mask(state.B, state.P, state.C, cur, tol, jnp) if warm_start \
+        else jnp.zeros(state.B.shape, bool)
+    sweep = jnp.any(bad)
+    wants = jnp.logical_or(sweep, improve)
+    capped = jnp.logical_and(wants, state.n_flips >= max_flips)
+    do_step = jnp.logical_and(wants, ~capped)
+    do_flip = jnp.logical_and(do_step, ~sweep)
     any_flipped = jnp.any(state.flipped)
 
-    s = state.B[n, k]
-    A = state.A.at[:, k].add(-2.0 * s * Y[:, n])
-    P = state.P.at[:, k].add(-2.0 * s * (Y.T @ Y[:, n]))
-    B = state.B.at[n, k].set(-s)
-    flipped = state.flipped.at[n, k].set(True)
-
-    keep = lambda new, old: jnp.where(do_flip, new, old)  # noqa: E731
-    new_round = jnp.logical_and(~improve, any_flipped)
-    stop = jnp.logical_or(capped, jnp.logical_and(~improve, ~any_flipped))
-    A = keep(A, state.A)
+    onehot = (jnp.arange(N * K) == j).reshape(N, K)
+    delta = jnp.where(jnp.where(sweep, bad, onehot), -2.0 * state.B, 0.0)
+    delta = jnp.where(do_step, delta, 0.0)
+    # One update for both kinds of step: A and P stay exact (P from A, never accumulated).
+    A = state.A + Y @ delta
+    flipped = jnp.where(do_flip, state.flipped.at[n, k].set(True), state.flipped)
+    new_round = jnp.logical_and(~wants, any_flipped)
+    stop = jnp.logical_or(capped, jnp.logical_and(~wants, ~any_flipped))
     return FlipState(
-        B=keep(B, state.B),
+        B=state.B + delta,
         A=A,
-        P=keep(P, state.P),
+        P=Y.T @ A,
         C=A.T @ A,
-        flipped=jnp.where(new_round, False, keep(flipped, state.flipped)),
-        n_flips=state.n_flips + do_flip.astype(jnp.int32),
+        flipped=jnp.where(new_round, False, flipped),
+        n_flips=state.n_flips + do_step.astype(jnp.int32),
         steps=state.steps + 1,
         done=stop,
         converged=jnp.logical_and(stop, ~capped),
@@ -111,7 +90,7 @@ def _flip_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
 
 def search(Y, B0, max_flips, tol, warm_start: bool):
     """One start: returns ``(B, value, n_flips, converged)``. Pure; jit or vmap it at the edge."""
-    B = fixed_point(Y, B0) if warm_start else B0
+    B = B0
     g = jnp.sum(Y * Y, axis=0)
     A = Y @ B
     state = FlipState(
@@ -123,7 +102,7 @@ def search(Y, B0, max_flips, tol, warm_start: bool):
     max_steps = 2 * max_flips + 2
     out = lax.while_loop(
         functools.partial(_running, max_steps=max_steps),
-        functools.partial(_flip_step, Y, g, max_flips, tol),
+        functools.partial(_flip_step, Y, g, max_flips, tol, warm_start),
         state,
     )
     return out.B, gram_nuclear(out.C, jnp), out.n_flips, out.converged
@@ -133,7 +112,7 @@ def _solve_one(X, G, max_flips, tol, warm_start: bool):
     """All starts of one problem: the L2 start then ``sgn(X g)`` for each Gaussian draw in G."""
     K = G.shape[-1]
     Y = reduce_rank(X, jnp)
-    l2 = l2_start_matrix(Y, K, warm_start, jnp)[None]
+    l2 = l2_start_matrix(Y, K, jnp)[None]
     starts = jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
     B, val, flips, conv = jax.vmap(search, in_axes=(None, 0, None, None, None))(
         Y, starts, max_flips, tol, warm_start

@@ -46,16 +46,13 @@ def l2_start(Y, xp=np):
     return sign(Y[0], xp)
 
 
-def l2_start_matrix(Y, n_components, warm_start, xp=np):
-    """The L2-PCA start of L1-BF as an N x K sign matrix.
-
-    Without a warm start it is the paper's: the dominant singular vector's signs copied into all K
-    columns. With the fixed-point warm start it is the signs of the top-K right singular vectors, one
-    per column: the copied start makes ``Y B`` rank one, where the Procrustes step of the fixed point
-    is not unique (:func:`l1pca.kernels.bitflip.polar_factor`). For K = 1 the two are the same.
+def l2_start_matrix(Y, n_components, xp=np):
+    """The paper's L2-PCA start of L1-BF as an N x K sign matrix: the dominant singular vector's signs
+    copied into all K columns. ``Y B`` is then rank one; the search's first single flips break the
+    tie (the fixed-point sweeps wait for a full-rank ``Y B``). This start finds the exact optimum more
+    often than the signs of the top-K singular vectors, one per column (85.7% against 84.3% of the
+    optimality benchmark's problems with one start).
     """
-    if warm_start:
-        return sign(Y[:n_components].T, xp)
     return xp.repeat(l2_start(Y, xp)[:, None], n_components, axis=1)
 
 

@@ -8,10 +8,11 @@ written per shard with ``jax.shard_map`` and explicit collectives:
 
 * rank reduction: ``X^T X`` summed over shards (one ``psum`` of a D x D matrix), its eigenvectors U on
   every device, and ``Y = (X U)^T`` computed shard by shard (needs N >= D, the case this path is for);
-* each flip step: a ``pmax`` for the best gain, a ``pmin`` for the lowest global index among the ties
-  (the single-device tie rule), and one ``psum`` that hands the chosen sample ``y_n`` and its sign to
-  every device; the update of P is then local. Three collectives per flip, of O(1), O(1) and O(d) data;
-* warm start: one ``psum`` of ``Y B`` (d x K) and one of a changed flag per fixed-point iteration.
+* each flip step: a ``pmax`` for the best gain (and whether any shard has a bit for a fixed-point
+  sweep), a ``pmin`` for the lowest global index among the ties (the single-device tie rule), and one
+  ``psum`` of each shard's share of the change of ``A = Y B`` (d x K; a single flip's share is zero
+  except on the device that owns the bit); the update of P is then local. Three collectives per step,
+  of O(1), O(1) and O(d K) data, for single flips and sweeps alike.
 
 Same start, same end point as the single-device solver (tested on 1, 2, 4 and 8 simulated devices).
 Inputs may be a NumPy array, a memory-mapped ``.npy`` file (each device reads only its own rows, in
@@ -31,11 +32,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .bitflip import TIE_RTOL, candidate_gains, gram_nuclear, polar_factor
+from .bitflip import TIE_RTOL, candidate_gains, gram_nuclear, sweep_mask
 from .reduce import l2_start_matrix, sign
 
 AXIS = "samples"
-_FIXED_POINT_MAX_ITER = 100
 _CHUNK_ROWS = 1 << 16  # rows read from a memory map per step when a shard is built
 
 
@@ -152,60 +152,51 @@ def _reduce(X_l):
     return (X_l @ U[:, ::-1]).T
 
 
-def _fixed_point(Y_l, B_l):
-    def body(state):
-        B, _, it = state
-        Q, unique = polar_factor(lax.psum(Y_l @ B, AXIS), jnp)  # replicated: same answer everywhere
-        new = jnp.where(unique, sign(Y_l.T @ Q, jnp), B)
-        changed = lax.psum(jnp.any(new != B).astype(jnp.int32), AXIS) > 0
-        return new, jnp.logical_and(unique, changed), it + 1
-
-    out = lax.while_loop(lambda s: jnp.logical_and(s[1], s[2] < _FIXED_POINT_MAX_ITER), body,
-                         (B_l, jnp.array(True), jnp.array(0, jnp.int32)))
-    return out[0]
-
-
 def _running(state: ShardState, max_steps):
     return jnp.logical_and(~state.done, state.steps < max_steps)
 
 
-def _step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
+def _step(Y_l, g_l, max_flips, tol, warm_start, state: ShardState) -> ShardState:
     n_l, K = state.B.shape
     offset = lax.axis_index(AXIS) * n_l * K  # global flat index of this shard's first bit
     cur = gram_nuclear(state.C, jnp)
     gains = jnp.where(state.flipped, -jnp.inf, candidate_gains(state.B, state.P, state.C, g_l, jnp))
     flat = gains.reshape(-1)
-    best = lax.pmax(flat.max(), AXIS)
+    # A sweep (every bit that disagrees with the Procrustes direction) takes precedence over a flip.
+    # Whether any shard has such a bit rides on the pmax of the best gain: one pmax of two numbers.
+    bad = sweep_mask(state.B, state.P, state.C, cur, tol, jnp) if warm_start \
+        else jnp.zeros(state.B.shape, bool)
+    best, any_bad = lax.pmax(jnp.stack([flat.max(), jnp.any(bad).astype(flat.dtype)]), AXIS)
+    sweep = any_bad > 0
     tie = flat >= best - TIE_RTOL * cur
     big = jnp.iinfo(jnp.int32).max
     j = lax.pmin(jnp.where(jnp.any(tie), offset + jnp.argmax(tie), big).astype(jnp.int32), AXIS)
     improve = best > tol * cur
-    capped = jnp.logical_and(improve, state.n_flips >= max_flips)
-    do_flip = jnp.logical_and(improve, ~capped)
+    wants = jnp.logical_or(sweep, improve)
+    capped = jnp.logical_and(wants, state.n_flips >= max_flips)
+    do_step = jnp.logical_and(wants, ~capped)
+    do_flip = jnp.logical_and(do_step, ~sweep)
 
     local = j - offset
     mine = jnp.logical_and(local >= 0, local < n_l * K)
     n = jnp.clip(local // K, 0, n_l - 1)
     k = j % K
-    # The owner of bit j hands y_n and the bit's sign to every device (one psum of d + 1 numbers).
-    packet = jnp.where(mine, jnp.concatenate([Y_l[:, n], state.B[n, k][None]]), 0.0)
-    packet = lax.psum(packet, AXIS)
-    y_n, s = packet[:-1], packet[-1]
-
-    A = jnp.where(do_flip, state.A.at[:, k].add(-2.0 * s * y_n), state.A)
-    P_new = jnp.where(do_flip, state.P.at[:, k].add(-2.0 * s * (Y_l.T @ y_n)), state.P)
+    onehot = jnp.logical_and(mine, (jnp.arange(n_l * K) == local).reshape(n_l, K))
+    delta = jnp.where(jnp.where(sweep, bad, onehot), -2.0 * state.B, 0.0)
+    delta = jnp.where(do_step, delta, 0.0)
+    # Each shard's share of the change of A = Y B, summed: one psum of d x K; P stays local and exact.
+    A = state.A + lax.psum(Y_l @ delta, AXIS)
     here = jnp.logical_and(do_flip, mine)
-    B = jnp.where(here, state.B.at[n, k].set(-s), state.B)
     flipped = jnp.where(here, state.flipped.at[n, k].set(True), state.flipped)
     any_flipped = state.round_flips > 0
-    new_round = jnp.logical_and(~improve, any_flipped)
-    stop = jnp.logical_or(capped, jnp.logical_and(~improve, ~any_flipped))
+    new_round = jnp.logical_and(~wants, any_flipped)
+    stop = jnp.logical_or(capped, jnp.logical_and(~wants, ~any_flipped))
     return ShardState(
-        B=B, P=P_new,
+        B=state.B + delta, P=Y_l.T @ A,
         flipped=jnp.where(new_round, False, flipped),
         A=A, C=A.T @ A,
         round_flips=jnp.where(new_round, 0, state.round_flips + do_flip.astype(jnp.int32)),
-        n_flips=state.n_flips + do_flip.astype(jnp.int32),
+        n_flips=state.n_flips + do_step.astype(jnp.int32),
         steps=state.steps + 1, done=stop, converged=jnp.logical_and(stop, ~capped),
     )
 
@@ -214,9 +205,7 @@ def _search_local(X_l, g, max_flips, tol, *, warm_start, use_l2):
     """One start, per shard. ``g`` (D, K): the Gaussian draw of a random start (unused for L2)."""
     K = g.shape[1]
     Y_l = _reduce(X_l)
-    B = l2_start_matrix(Y_l, K, warm_start, jnp) if use_l2 else sign(X_l @ g, jnp)
-    if warm_start:
-        B = _fixed_point(Y_l, B)
+    B = l2_start_matrix(Y_l, K, jnp) if use_l2 else sign(X_l @ g, jnp)
     A = lax.psum(Y_l @ B, AXIS)
     zero = jnp.array(0, jnp.int32)
     state = ShardState(B=B, P=Y_l.T @ A, flipped=jnp.zeros(B.shape, bool), A=A, C=A.T @ A,
@@ -224,7 +213,7 @@ def _search_local(X_l, g, max_flips, tol, *, warm_start, use_l2):
                        converged=jnp.array(False))
     g_l = jnp.sum(Y_l * Y_l, axis=0)
     out = lax.while_loop(functools.partial(_running, max_steps=2 * max_flips + 2),
-                         functools.partial(_step, Y_l, g_l, max_flips, tol), state)
+                         functools.partial(_step, Y_l, g_l, max_flips, tol, warm_start), state)
     return out.B, gram_nuclear(out.C, jnp), out.n_flips, out.converged
 
 
@@ -325,7 +314,7 @@ def collectives_per_flip(mesh, n_rows, n_features, n_components):
 
     def setup_and_step(X_l):
         Y_l, state = setup(X_l)
-        return _step(Y_l, jnp.sum(Y_l * Y_l, axis=0), jnp.array(10), 1e-9, state).B
+        return _step(Y_l, jnp.sum(Y_l * Y_l, axis=0), jnp.array(10), 1e-9, True, state).B
 
     spec = dict(mesh=mesh, in_specs=P(AXIS, None), out_specs=P(AXIS, None), check_vma=False)
     with jax.enable_x64(True):

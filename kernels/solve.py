@@ -301,7 +301,7 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, name, tick):
         xp = np
     Xd = xp.asarray(X)
     Y = reduce_rank(Xd, xp)
-    starts = [l2_start_matrix(Y, K, warm_start, xp)]
+    starts = [l2_start_matrix(Y, K, xp)]
     starts += [sign(Xd @ xp.asarray(g), xp) for g in G]
     best, flips = None, 0
     for B0 in starts:
