@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .bitflip import candidate_gains, gram_nuclear, select_flip, sweep_mask
+from .bitflip import best_pair, candidate_gains, gram_nuclear, select_flip, sweep_mask
 from .reduce import l2_start_matrix, reduce_rank, sign
 
-# Buckets (batch, rows, cols, K, starts, warm_start) compiled in this process. jit keeps its own cache; this
+# Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps its own cache; this
 # mirror of it lets backend="auto" prefer JAX where no compile is pending, without asking jit.
 _COMPILED: set = set()
 
@@ -88,45 +88,72 @@ def _flip_step(Y, g, max_flips, tol, warm_start: bool, state: FlipState) -> Flip
     )
 
 
-def search(Y, B0, max_flips, tol, warm_start: bool):
-    """One start: returns ``(B, value, n_flips, converged)``. Pure; jit or vmap it at the edge."""
-    B = B0
+def _pair_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
+    """At a single-flip local optimum: flip the best pair (:func:`best_pair`) if it improves."""
+    N, K = state.B.shape
+    cur = gram_nuclear(state.C, jnp)
+    bit_a, bit_b, best = best_pair(Y, state.B, state.P, state.C, g, cur, jnp)
+    improve = jnp.logical_and(state.converged, best > tol * cur)
+    capped = jnp.logical_and(improve, state.n_flips >= max_flips)
+    do_pair = jnp.logical_and(improve, ~capped)
+    bits = jnp.arange(N * K).reshape(N, K)
+    delta = jnp.where(jnp.logical_and(do_pair, (bits == bit_a) | (bits == bit_b)), -2.0 * state.B, 0.0)
+    A = state.A + Y @ delta
+    return state._replace(
+        B=state.B + delta, A=A, P=Y.T @ A, C=A.T @ A,
+        n_flips=state.n_flips + do_pair.astype(jnp.int32), steps=state.steps + 1,
+        done=~do_pair, converged=jnp.logical_and(state.converged, ~improve),
+    )
+
+
+def search(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
+    """One start: returns ``(B, value, n_flips, converged)``. Pure; jit or vmap it at the edge.
+
+    Flip steps run in an inner ``while_loop`` to a single-flip local optimum; with ``pair_moves`` an
+    outer loop then tries a two-flip move and, when one improves, searches on. The pair check is
+    thus paid once per local optimum, not per step (under ``vmap`` both sides of a ``cond`` run).
+    """
     g = jnp.sum(Y * Y, axis=0)
-    A = Y @ B
+    A = Y @ B0
     state = FlipState(
-        B=B, A=A, P=Y.T @ A, C=A.T @ A,
-        flipped=jnp.zeros(B.shape, bool),
+        B=B0, A=A, P=Y.T @ A, C=A.T @ A,
+        flipped=jnp.zeros(B0.shape, bool),
         n_flips=jnp.array(0, jnp.int32), steps=jnp.array(0, jnp.int32),
         done=jnp.array(False), converged=jnp.array(False),
     )
     max_steps = 2 * max_flips + 2
-    out = lax.while_loop(
-        functools.partial(_running, max_steps=max_steps),
-        functools.partial(_flip_step, Y, g, max_flips, tol, warm_start),
-        state,
-    )
+    running = functools.partial(_running, max_steps=max_steps)
+
+    def flips(st):
+        return lax.while_loop(running, functools.partial(_flip_step, Y, g, max_flips, tol, warm_start), st)
+
+    if pair_moves:
+        out = lax.while_loop(running, lambda st: _pair_step(Y, g, max_flips, tol, flips(st)), state)
+    else:
+        out = flips(state)
     return out.B, gram_nuclear(out.C, jnp), out.n_flips, out.converged
 
 
-def _solve_one(X, G, max_flips, tol, warm_start: bool):
+def _solve_one(X, G, max_flips, tol, warm_start: bool, pair_moves: bool):
     """All starts of one problem: the L2 start then ``sgn(X g)`` for each Gaussian draw in G."""
     K = G.shape[-1]
     Y = reduce_rank(X, jnp)
     l2 = l2_start_matrix(Y, K, jnp)[None]
     starts = jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
-    B, val, flips, conv = jax.vmap(search, in_axes=(None, 0, None, None, None))(
-        Y, starts, max_flips, tol, warm_start
+    B, val, flips, conv = jax.vmap(search, in_axes=(None, 0, None, None, None, None))(
+        Y, starts, max_flips, tol, warm_start, pair_moves
     )
     best = jnp.argmax(val)  # first of the best starts, as the NumPy loop
     return B[best], val[best], jnp.sum(flips), conv[best]
 
 
-@functools.partial(jax.jit, static_argnames=("warm_start",))
-def _solve_bucket_jit(X, G, max_flips, tol, warm_start):
-    return jax.vmap(_solve_one, in_axes=(0, 0, None, None, None))(X, G, max_flips, tol, warm_start)
+@functools.partial(jax.jit, static_argnames=("warm_start", "pair_moves"))
+def _solve_bucket_jit(X, G, max_flips, tol, warm_start, pair_moves):
+    return jax.vmap(_solve_one, in_axes=(0, 0, None, None, None, None))(
+        X, G, max_flips, tol, warm_start, pair_moves)
 
 
-def solve_bucket(X, G, *, max_flips, tol, warm_start=True):
+def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True):
     """L1-BF for a stack of equal-shaped problems.
 
     Parameters
@@ -145,18 +172,20 @@ def solve_bucket(X, G, *, max_flips, tol, warm_start=True):
     with jax.enable_x64(True):
         out = _solve_bucket_jit(
             jnp.asarray(X, jnp.float64), jnp.asarray(G, jnp.float64),
-            jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64), warm_start,
+            jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64), bool(warm_start),
+            bool(pair_moves),
         )
         out = tuple(np.asarray(o) for o in out)
-    _COMPILED.add((*X.shape, G.shape[3], G.shape[1] + 1, bool(warm_start)))
+    _COMPILED.add((*X.shape, G.shape[3], G.shape[1] + 1, bool(warm_start), bool(pair_moves)))
     return out
 
 
-def search_single(Y, B0, *, max_flips, tol, warm_start=True):
+def search_single(Y, B0, *, max_flips, tol, warm_start=True, pair_moves=True):
     """One start on given Y (d x N) and B0 (N x K), for tests against the NumPy reference."""
     with jax.enable_x64(True):
-        B, val, flips, conv = jax.jit(search, static_argnames=("warm_start",))(
+        B, val, flips, conv = jax.jit(search, static_argnames=("warm_start", "pair_moves"))(
             jnp.asarray(Y, jnp.float64), jnp.asarray(B0, jnp.float64),
             jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64), warm_start=warm_start,
+            pair_moves=pair_moves,
         )
         return np.asarray(B), float(val), int(flips), bool(conv)

@@ -38,7 +38,9 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     max_flips : int, optional
     tol : float, default=1e-9
     warm_start : bool, default=True
-        Fixed-point iterations before flipping (see :func:`l1pca.kernels.solve`).
+        Fixed-point sweeps between flips (see :func:`l1pca.kernels.solve`).
+    pair_moves : bool, default=True
+        Two-flip moves at each single-flip local optimum (see :func:`l1pca.kernels.solve`).
 
     Attributes
     ----------
@@ -86,7 +88,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
 
     def __init__(self, n_components=1, *, method="bitflip", center="median", n_init=DEFAULT_N_INIT,
                  backend="auto", random_state=None, contamination="auto", n_mad=3.0,
-                 max_flips=None, tol=DEFAULT_TOL, warm_start=True):
+                 max_flips=None, tol=DEFAULT_TOL, warm_start=True, pair_moves=True):
         self.n_components = n_components
         self.method = method
         self.center = center
@@ -98,6 +100,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         self.max_flips = max_flips
         self.tol = tol
         self.warm_start = warm_start
+        self.pair_moves = pair_moves
 
     def fit(self, X, y=None, *, progress=None):
         """Fit the L1 subspace and the outlier threshold. ``y`` is ignored.
@@ -108,7 +111,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         fit = fit_many([X], self.n_components, method=self.method, center=self.center,
                        n_init=self.n_init, seeds=[self.random_state], contamination=self.contamination,
                        n_mad=self.n_mad, backend=self.backend, max_flips=self.max_flips, tol=self.tol,
-                       warm_start=self.warm_start, progress=progress)[0]
+                       warm_start=self.warm_start, pair_moves=self.pair_moves, progress=progress)[0]
         self.center_ = fit.center
         self.components_ = fit.components
         self.objective_ = fit.objective

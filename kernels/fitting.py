@@ -92,7 +92,7 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
     devices : "all", int or list of jax devices, optional
         Fit each matrix on the sharded solver over these devices (:func:`l1pca.kernels.solve`).
     **solver_options
-        ``max_flips``, ``tol``, ``warm_start``, ``progress``: passed to
+        ``max_flips``, ``tol``, ``warm_start``, ``pair_moves``, ``progress``: passed to
         :func:`l1pca.kernels.solve_batch`.
 
     Returns

@@ -12,7 +12,9 @@ written per shard with ``jax.shard_map`` and explicit collectives:
   sweep), a ``pmin`` for the lowest global index among the ties (the single-device tie rule), and one
   ``psum`` of each shard's share of the change of ``A = Y B`` (d x K; a single flip's share is zero
   except on the device that owns the bit); the update of P is then local. Three collectives per step,
-  of O(1), O(1) and O(d K) data, for single flips and sweeps alike.
+  of O(1), O(1) and O(d K) data, for single flips and sweeps alike;
+* pair moves at each local optimum: one ``all_gather`` of every shard's best candidates (64 at most,
+  each with its sample: O(devices * 64 * d) data), after which every device picks the same pair.
 
 Same start, same end point as the single-device solver (tested on 1, 2, 4 and 8 simulated devices).
 Inputs may be a NumPy array, a memory-mapped ``.npy`` file (each device reads only its own rows, in
@@ -32,7 +34,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .bitflip import TIE_RTOL, candidate_gains, gram_nuclear, sweep_mask
+from .bitflip import (PAIR_CANDIDATES, TIE_RTOL, candidate_gains, gram_nuclear, pair_candidates,
+                      pair_gains, select_flip, sweep_mask)
 from .reduce import l2_start_matrix, sign
 
 AXIS = "samples"
@@ -156,17 +159,19 @@ def _running(state: ShardState, max_steps):
     return jnp.logical_and(~state.done, state.steps < max_steps)
 
 
-def _step(Y_l, g_l, max_flips, tol, warm_start, state: ShardState) -> ShardState:
+def _step(Y_l, g_l, max_flips, tol, warm_start, pair_moves, state: ShardState) -> ShardState:
     n_l, K = state.B.shape
     offset = lax.axis_index(AXIS) * n_l * K  # global flat index of this shard's first bit
     cur = gram_nuclear(state.C, jnp)
     gains = jnp.where(state.flipped, -jnp.inf, candidate_gains(state.B, state.P, state.C, g_l, jnp))
     flat = gains.reshape(-1)
     # A sweep (every bit that disagrees with the Procrustes direction) takes precedence over a flip.
-    # Whether any shard has such a bit rides on the pmax of the best gain: one pmax of two numbers.
+    # Whether any shard has such a bit rides on the pmax of the best gain, and so does the current
+    # value: computed on every device alike, it can still differ in the last bits (see _pair_step),
+    # and every decision that ends the loop must be the same on every device.
     bad = sweep_mask(state.B, state.P, state.C, cur, tol, jnp) if warm_start \
         else jnp.zeros(state.B.shape, bool)
-    best, any_bad = lax.pmax(jnp.stack([flat.max(), jnp.any(bad).astype(flat.dtype)]), AXIS)
+    best, any_bad, cur = lax.pmax(jnp.stack([flat.max(), jnp.any(bad).astype(flat.dtype), cur]), AXIS)
     sweep = any_bad > 0
     tie = flat >= best - TIE_RTOL * cur
     big = jnp.iinfo(jnp.int32).max
@@ -190,18 +195,68 @@ def _step(Y_l, g_l, max_flips, tol, warm_start, state: ShardState) -> ShardState
     flipped = jnp.where(here, state.flipped.at[n, k].set(True), state.flipped)
     any_flipped = state.round_flips > 0
     new_round = jnp.logical_and(~wants, any_flipped)
-    stop = jnp.logical_or(capped, jnp.logical_and(~wants, ~any_flipped))
+    at_optimum = jnp.logical_and(~wants, ~any_flipped)
+    # With pair moves a local optimum does not end the loop: the next iteration is a pair step.
+    stop = jnp.logical_or(capped, jnp.logical_and(at_optimum, not pair_moves))
     return ShardState(
         B=state.B + delta, P=Y_l.T @ A,
         flipped=jnp.where(new_round, False, flipped),
         A=A, C=A.T @ A,
         round_flips=jnp.where(new_round, 0, state.round_flips + do_flip.astype(jnp.int32)),
         n_flips=state.n_flips + do_step.astype(jnp.int32),
-        steps=state.steps + 1, done=stop, converged=jnp.logical_and(stop, ~capped),
+        steps=state.steps + 1, done=stop, converged=jnp.logical_and(at_optimum, ~capped),
     )
 
 
-def _search_local(X_l, g, max_flips, tol, *, warm_start, use_l2):
+def _pair_step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
+    """At a single-flip local optimum: the best two-flip move among the most promising bits of all
+    shards (:func:`l1pca.kernels.bitflip.best_pair`), flipped if it improves.
+
+    Each shard offers its own top candidates (the global top ``PAIR_CANDIDATES`` are among them);
+    one ``all_gather`` hands every device their gains, global indices, samples, signs and P rows, and
+    every device then picks the same pair from the same data.
+    """
+    n_l, K = state.B.shape
+    offset = lax.axis_index(AXIS) * n_l * K
+    cur = gram_nuclear(state.C, jnp)
+    valid = jnp.repeat(g_l > 0, K)
+    gains = candidate_gains(state.B, state.P, state.C, g_l, jnp).reshape(-1)
+    loc = pair_candidates(gains, valid, jnp)
+    n, k = loc // K, loc % K
+    offer = (jnp.where(valid[loc], gains[loc], -jnp.inf), (offset + loc).astype(jnp.float64),
+             k.astype(jnp.float64), state.B[n, k], valid[loc].astype(jnp.float64))
+    offer = jnp.concatenate([jnp.stack(offer, axis=1), state.P[n], Y_l[:, n].T], axis=1)
+    pool = lax.all_gather(offer, AXIS, tiled=True)  # (devices * T_local, 5 + K + d), replicated
+    order = jnp.lexsort((pool[:, 1], -pool[:, 0]))[:min(pool.shape[0], PAIR_CANDIDATES)]
+    c = pool[order]
+    gidx, kc, sc, ok = c[:, 1].astype(jnp.int32), c[:, 2].astype(jnp.int32), c[:, 3], c[:, 4] > 0
+    Prows, Yc = c[:, 5:5 + K], c[:, 5 + K:]
+    pg = pair_gains(kc, sc, Prows, Yc @ Yc.T, state.C, ok, jnp)
+    j, best = select_flip(pg, cur, jnp)
+    # Every device computed the same choice from the same data, but LAPACK's eigenvalues (K >= 3)
+    # can differ in the last bits between devices (memory alignment picks the kernel), and devices
+    # that disagree on whether to go on would wait for each other forever: device 0's choice rules.
+    first = lax.axis_index(AXIS) == 0
+    j, best = lax.psum(jnp.where(first, jnp.stack([j.astype(best.dtype), best]), 0.0), AXIS)
+    j = j.astype(jnp.int32)
+    T = order.shape[0]
+    a, b = j // T, j % T
+    improve = jnp.logical_and(state.converged, best > tol * cur)
+    capped = jnp.logical_and(improve, state.n_flips >= max_flips)
+    do_pair = jnp.logical_and(improve, ~capped)
+    eye = jnp.eye(K)
+    dA = -2.0 * (sc[a] * Yc[a][:, None] * eye[kc[a]][None, :] + sc[b] * Yc[b][:, None] * eye[kc[b]][None, :])
+    A = jnp.where(do_pair, state.A + dA, state.A)
+    bits = offset + jnp.arange(n_l * K).reshape(n_l, K)
+    mine = jnp.logical_and(do_pair, (bits == gidx[a]) | (bits == gidx[b]))
+    return state._replace(
+        B=jnp.where(mine, -state.B, state.B), P=Y_l.T @ A, A=A, C=A.T @ A,
+        n_flips=state.n_flips + do_pair.astype(jnp.int32), steps=state.steps + 1,
+        done=~do_pair, converged=jnp.logical_and(state.converged, ~improve),
+    )
+
+
+def _search_local(X_l, g, max_flips, tol, *, warm_start, pair_moves, use_l2):
     """One start, per shard. ``g`` (D, K): the Gaussian draw of a random start (unused for L2)."""
     K = g.shape[1]
     Y_l = _reduce(X_l)
@@ -212,15 +267,24 @@ def _search_local(X_l, g, max_flips, tol, *, warm_start, use_l2):
                        round_flips=zero, n_flips=zero, steps=zero, done=jnp.array(False),
                        converged=jnp.array(False))
     g_l = jnp.sum(Y_l * Y_l, axis=0)
-    out = lax.while_loop(functools.partial(_running, max_steps=2 * max_flips + 2),
-                         functools.partial(_step, Y_l, g_l, max_flips, tol, warm_start), state)
+    running = functools.partial(_running, max_steps=2 * max_flips + 2)
+
+    step = functools.partial(_step, Y_l, g_l, max_flips, tol, warm_start, pair_moves)
+    if pair_moves:
+        # As the single-device search: a pair move at each local optimum, then on. One loop with a
+        # cond (every device takes the same branch: ``converged`` is agreed), not nested loops:
+        # XLA's CPU runtime deadlocks on LAPACK eigh (K >= 3) inside a loop nested in a loop.
+        pair = functools.partial(_pair_step, Y_l, g_l, max_flips, tol)
+        out = lax.while_loop(running, lambda st: lax.cond(st.converged, pair, step, st), state)
+    else:
+        out = lax.while_loop(running, step, state)
     return out.B, gram_nuclear(out.C, jnp), out.n_flips, out.converged
 
 
 @functools.lru_cache(maxsize=32)
-def _search_program(mesh, warm_start, use_l2):
+def _search_program(mesh, warm_start, pair_moves, use_l2):
     """The jitted sharded search for a mesh and start kind (cached: built once per combination)."""
-    fn = functools.partial(_search_local, warm_start=warm_start, use_l2=use_l2)
+    fn = functools.partial(_search_local, warm_start=warm_start, pair_moves=pair_moves, use_l2=use_l2)
     mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(AXIS, None), P(), P(), P()),
                            out_specs=(P(AXIS, None), P(), P(), P()), check_vma=False)
     return jax.jit(mapped)
@@ -236,7 +300,8 @@ def _reductions(mesh):
     return xtb, l1
 
 
-def search_sharded(Xs, n_rows, n_components, G, *, mesh, max_flips, tol, warm_start=True):
+def search_sharded(Xs, n_rows, n_components, G, *, mesh, max_flips, tol, warm_start=True,
+                   pair_moves=True):
     """L1-BF on a row-sharded ``Xs`` (from :func:`shard_rows`); every start, best kept.
 
     Returns ``(B, n_flips, converged)`` with B (N, K) on the host (padding rows removed) and the
@@ -251,7 +316,7 @@ def search_sharded(Xs, n_rows, n_components, G, *, mesh, max_flips, tol, warm_st
         args = (jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64))
         starts = [(True, np.zeros((D, K)))] + [(False, g) for g in G]
         for use_l2, g in starts:
-            run = _search_program(mesh, bool(warm_start), use_l2)
+            run = _search_program(mesh, bool(warm_start), bool(pair_moves), use_l2)
             B, val, nf, conv = run(Xs, jnp.asarray(g, jnp.float64), *args)
             val = float(val)
             flips += int(nf)
@@ -314,7 +379,7 @@ def collectives_per_flip(mesh, n_rows, n_features, n_components):
 
     def setup_and_step(X_l):
         Y_l, state = setup(X_l)
-        return _step(Y_l, jnp.sum(Y_l * Y_l, axis=0), jnp.array(10), 1e-9, True, state).B
+        return _step(Y_l, jnp.sum(Y_l * Y_l, axis=0), jnp.array(10), 1e-9, True, False, state).B
 
     spec = dict(mesh=mesh, in_specs=P(AXIS, None), out_specs=P(AXIS, None), check_vma=False)
     with jax.enable_x64(True):

@@ -86,7 +86,7 @@ def bucket_shape(n_samples, n_features):
 
 
 def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
-          random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True,
+          random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True, pair_moves=True,
           max_candidates=MAX_CANDIDATES, progress=None, devices=None, mesh=None):
     """L1-norm principal components of X: ``argmax ||X Q||_1`` over Q with orthonormal columns.
 
@@ -111,8 +111,14 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
     tol : float, default=1e-9
         A flip must raise ``||X B||_*`` by more than ``tol`` times its value.
     warm_start : bool, default=True
-        Run fixed-point iterations from each start before flipping. The end point is still a
-        single-flip local optimum; it only saves flips.
+        Fixed-point sweeps: whenever bits disagree in sign with the Procrustes direction, flip them
+        all in one step (from the start, and between single flips). The end point is still a
+        single-flip local optimum; it saves flip steps (80 s to 2 s at N=1e5, D=100 with outliers).
+    pair_moves : bool, default=True
+        At each single-flip local optimum, try two-flip moves among the 64 most promising bits and
+        search on from the best improving one (all pairs when N K <= 64). Raises the exact-hit rate
+        of one start from about 86% to 91% on the optimality benchmark.
+        ``warm_start=False, pair_moves=False`` is the paper's L1-BF.
     max_candidates : int, default=5_000_000
         ``exact`` refuses problems that need more sign-matrix evaluations.
     progress : callable, optional
@@ -140,16 +146,16 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
     if devices is not None or mesh is not None:
         return _solve_sharded(X, n_components, method=method, n_init=n_init, backend=backend,
                               random_state=random_state, max_flips=max_flips, tol=tol,
-                              warm_start=warm_start, max_candidates=max_candidates,
+                              warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
                               progress=progress, devices=devices, mesh=mesh)
     return _solve_many([X], n_components, method=method, n_init=n_init, backend=backend,
                        random_state=random_state, max_flips=max_flips, tol=tol,
-                       warm_start=warm_start, max_candidates=max_candidates, names=["X"],
+                       warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates, names=["X"],
                        progress=progress)[0]
 
 
 def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
-                random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True,
+                random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True, pair_moves=True,
                 max_candidates=MAX_CANDIDATES, progress=None):
     """:func:`solve` for many matrices at once; shapes may differ. One result per matrix, in order.
 
@@ -163,12 +169,12 @@ def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, 
     Xs = list(Xs)
     return _solve_many(Xs, n_components, method=method, n_init=n_init, backend=backend,
                        random_state=random_state, max_flips=max_flips, tol=tol,
-                       warm_start=warm_start, max_candidates=max_candidates,
+                       warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
                        names=[f"Xs[{i}]" for i in range(len(Xs))], progress=progress)
 
 
 def _solve_sharded(X, n_components, *, method, n_init, backend, random_state, max_flips, tol,
-                   warm_start, max_candidates, progress, devices, mesh):
+                   warm_start, pair_moves, max_candidates, progress, devices, mesh):
     from . import sharded
 
     _check_options(method, n_init, backend, max_flips, tol, max_candidates)
@@ -182,7 +188,7 @@ def _solve_sharded(X, n_components, *, method, n_init, backend, random_state, ma
     G = check_random_state(random_state).standard_normal((n_init - 1, D, K))
     cap = max_flips if max_flips is not None else default_max_flips(N, K)
     B, M, flips, conv, column_l1 = sharded.search_sharded(
-        Xs, N, K, G, mesh=mesh, max_flips=cap, tol=tol, warm_start=warm_start)
+        Xs, N, K, G, mesh=mesh, max_flips=cap, tol=tol, warm_start=warm_start, pair_moves=pair_moves)
     _Ticker(progress, total=n_init)(n_init)
     Q = procrustes(M)
     return _canonical(Q, B, column_l1(Q), "jax", "bitflip", n_flips=flips, converged=conv)
@@ -212,7 +218,7 @@ def _rngs(random_state, count):
 
 
 def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_flips, tol,
-                warm_start, max_candidates, names, progress=None):
+                warm_start, pair_moves, max_candidates, names, progress=None):
     _check_options(method, n_init, backend, max_flips, tol, max_candidates)
     mats = [check_matrix(X, name=name) for X, name in zip(Xs, names)]
     for X in mats:
@@ -228,7 +234,7 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     mats = [X / sc for X, sc in zip(mats, scales)]
     results = _solve_scaled(mats, K, method=method, n_init=n_init, backend=backend,
                             random_state=random_state, max_flips=max_flips, tol=tol,
-                            warm_start=warm_start, max_candidates=max_candidates, progress=progress)
+                            warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates, progress=progress)
     return [replace(res, objective=res.objective * sc) for res, sc in zip(results, scales)]
 
 
@@ -238,7 +244,7 @@ def _pow2_scale(X):
 
 
 def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, tol, warm_start,
-                  max_candidates, progress):
+                  pair_moves, max_candidates, progress):
     if method != "bitflip":
         backends.resolve(backend, method)  # rejects e.g. backend="jax" with method="exact"
         run = {"exact": _run_exact, "l2": _run_l2, "fixed-point": _run_greedy,
@@ -253,14 +259,16 @@ def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, 
         buckets.setdefault(bucket_shape(*X.shape), []).append(i)
     tick = _Ticker(progress, total=len(mats) * n_init)
     for shape, idx in buckets.items():
-        compiled = _jax_compiled((jax_batch_size(len(idx)), *shape, K, n_init, bool(warm_start)))
+        compiled = _jax_compiled((jax_batch_size(len(idx)), *shape, K, n_init, bool(warm_start),
+                                 bool(pair_moves)))
         name = backends.resolve(backend, method, batch_size=len(idx), compiled=compiled)
         if name == "jax":
             outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K,
-                                max_flips, tol, warm_start)
+                                max_flips, tol, warm_start, pair_moves)
             tick(len(idx) * n_init)
         else:
-            outs = [_bitflip_host(mats[i], draws[i], K, max_flips, tol, warm_start, name, tick)
+            outs = [_bitflip_host(mats[i], draws[i], K, max_flips, tol, warm_start, pair_moves,
+                                  name, tick)
                     for i in idx]
         for i, (B, flips, conv) in zip(idx, outs):
             Q = procrustes(mats[i].T @ B)
@@ -293,7 +301,7 @@ class _Ticker:
             self.callback(self.done, self.total)
 
 
-def _bitflip_host(X, G, K, max_flips, tol, warm_start, name, tick):
+def _bitflip_host(X, G, K, max_flips, tol, warm_start, pair_moves, name, tick):
     """NumPy reference, or the same body on CuPy arrays."""
     if name == "cupy":
         import cupy as xp
@@ -305,7 +313,8 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, name, tick):
     starts += [sign(Xd @ xp.asarray(g), xp) for g in G]
     best, flips = None, 0
     for B0 in starts:
-        res = bitflip_search(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start, xp=xp)
+        res = bitflip_search(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start,
+                             pair_moves=pair_moves, xp=xp)
         flips += res.n_flips
         tick()
         if best is None or res.value > best.value:
@@ -314,7 +323,7 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, name, tick):
     return np.asarray(B), flips, best.converged
 
 
-def _bitflip_jax(mats, draws, shape, K, max_flips, tol, warm_start):
+def _bitflip_jax(mats, draws, shape, K, max_flips, tol, warm_start, pair_moves):
     from .bitflip_jax import solve_bucket
 
     Np, Dp = shape
@@ -326,7 +335,8 @@ def _bitflip_jax(mats, draws, shape, K, max_flips, tol, warm_start):
         X[j, :Xi.shape[0], :Xi.shape[1]] = Xi
         G[j, :, :Xi.shape[1]] = Gi
     cap = max_flips if max_flips is not None else max(default_max_flips(Xi.shape[0], K) for Xi in mats)
-    B, _, flips, conv = solve_bucket(X, G, max_flips=cap, tol=tol, warm_start=warm_start)
+    B, _, flips, conv = solve_bucket(X, G, max_flips=cap, tol=tol, warm_start=warm_start,
+                                     pair_moves=pair_moves)
     return [(B[j, :Xi.shape[0]], int(flips[j]), bool(conv[j])) for j, Xi in enumerate(mats)]
 
 

@@ -169,9 +169,9 @@ def test_deterministic_for_a_seed_and_sign_convention():
 
 def test_warm_start_cuts_flips_and_keeps_local_optimality():
     X = np.random.default_rng(20).standard_normal((3000, 10)) * np.linspace(3, 1, 10)
-    cold = solve(X, 1, n_init=1, warm_start=False)
+    cold = solve(X, 1, n_init=1, warm_start=False, pair_moves=False)
     warm = solve(X, 1, n_init=1, warm_start=True)
-    assert warm.n_flips * 5 <= cold.n_flips
+    assert warm.n_flips * 3 <= cold.n_flips  # flip steps, sweeps included
     assert warm.objective >= cold.objective * (1 - 1e-3)
     Y = reduce_rank(X)
     b = warm.signs[:, 0].astype(float)
@@ -216,7 +216,7 @@ def test_sweeps_absorb_the_cascade_on_contaminated_data():
     N, D = 4000, 40
     X = rng.standard_normal((N, D)) * np.linspace(3.0, 0.5, D)
     X[: N // 50] += 20.0 * rng.standard_normal((N // 50, D))
-    cold = solve(X, 1, n_init=1, warm_start=False, backend="numpy")
+    cold = solve(X, 1, n_init=1, warm_start=False, pair_moves=False, backend="numpy")
     warm = solve(X, 1, n_init=1, warm_start=True, backend="numpy")
     assert cold.converged and warm.converged
     assert warm.n_flips * 10 <= cold.n_flips, (warm.n_flips, cold.n_flips)
