@@ -229,3 +229,25 @@ def test_sweeps_absorb_the_cascade_on_contaminated_data():
     jx = solve(X, 1, n_init=1, warm_start=True, backend="jax")
     np.testing.assert_array_equal(jx.signs, warm.signs)
     assert jx.n_flips == warm.n_flips
+
+
+@pytest.mark.parametrize("warm, pairs", [(True, True), (False, False)])
+def test_screened_k1_search_takes_the_reference_steps(warm, pairs):
+    """K = 1 with many samples skips, each step, the samples that cannot flip (bitflip_screened):
+    the same sweeps, flips, rounds and pair moves as the full pass, so the same end point."""
+    from l1pca.kernels.bitflip_screened import SCREEN_MIN_SAMPLES
+
+    rng = np.random.default_rng(23)
+    N, D = SCREEN_MIN_SAMPLES + 904, 30
+    X = rng.standard_normal((N, D)) * np.linspace(3.0, 0.5, D)
+    X[: N // 50] += 20.0 * rng.standard_normal((N // 50, D))
+    Y = reduce_rank(X)
+    for B0 in (sign(Y[:1].T), sign(X @ rng.standard_normal((D, 1)))):
+        full = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, screen=False)
+        fast = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, screen=True)
+        np.testing.assert_array_equal(fast.signs, full.signs)
+        assert (fast.n_flips, fast.converged) == (full.n_flips, full.converged)
+        assert fast.value == pytest.approx(full.value, rel=1e-12)
+        assert full.n_flips > 20  # the search did real work
+    capped = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, max_flips=5)
+    assert capped.n_flips == 5 and not capped.converged
