@@ -183,9 +183,9 @@ def select_flip(gains, cur, xp=np):
     return j, flat[j]
 
 
-def _state(Y, B):
+def _state(Y, Yt, B):
     A = Y @ B
-    return A, Y.T @ A, A.T @ A
+    return A, Yt @ A, A.T @ A
 
 
 POLAR_RTOL = 1e-6
@@ -290,8 +290,10 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, p
             return search_k1_screened(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start,
                                       pair_moves=pair_moves)
     B = xp.array(B0, dtype=Y.dtype, copy=True)
-    g = (Y * Y).sum(axis=0)
-    A, P, C = _state(Y, B)
+    # Y^T as its own contiguous array: BLAS multiplies it 2-3x faster than the transposed view.
+    Yt = xp.ascontiguousarray(Y.T)
+    g = (Yt * Yt).sum(axis=1)
+    A, P, C = _state(Y, Yt, B)
     flipped = xp.zeros((N, K), dtype=bool)
     n_flips, converged = 0, False
     # A step flips a bit, sweeps, or ends a round; a round that ends had at least one single flip,
@@ -306,7 +308,7 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, p
                 rows = xp.nonzero(bad.any(axis=1))[0]
                 delta = xp.where(bad[rows], -2.0 * B[rows], 0.0)
                 A += Y[:, rows] @ delta
-                P = Y.T @ A
+                P = Yt @ A
                 B[rows] += delta
                 C = A.T @ A
                 n_flips += 1
@@ -320,14 +322,14 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, p
                 break
             s = float(B[n, k])
             A[:, k] -= 2.0 * s * Y[:, n]
-            P[:, k] -= 2.0 * s * (Y.T @ Y[:, n])
+            P[:, k] -= 2.0 * s * (Yt @ Yt[n])
             B[n, k] = -s
             C = A.T @ A
             flipped[n, k] = True
             n_flips += 1
         elif bool(flipped.any()):
             flipped[...] = False
-            A, P, C = _state(Y, B)
+            A, P, C = _state(Y, Yt, B)
         else:
             # A single-flip local optimum. Two-flip moves among the most promising bits, then search on.
             if not pair_moves:
@@ -343,7 +345,7 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, p
                 n, k = divmod(bit, K)
                 A[:, k] -= 2.0 * float(B[n, k]) * Y[:, n]
                 B[n, k] = -B[n, k]
-            P, C = Y.T @ A, A.T @ A
+            P, C = Yt @ A, A.T @ A
             n_flips += 1
     value = float(gram_nuclear(C, xp))
     return SearchResult(B, value, n_flips, converged)
