@@ -251,3 +251,21 @@ def test_screened_k1_search_takes_the_reference_steps(warm, pairs):
         assert full.n_flips > 20  # the search did real work
     capped = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, max_flips=5)
     assert capped.n_flips == 5 and not capped.converged
+
+
+@pytest.mark.parametrize("K", [3, 4])
+def test_bounded_selection_for_k_ge_3_takes_the_reference_steps(K):
+    """K >= 3: only candidates whose concavity bound reaches the tolerance get an eigenvalue problem
+    (select_flip_bounded); the flips, their order and the end point are those of the full evaluation."""
+    rng = np.random.default_rng(24 + K)
+    N, D = 400, 12
+    X = rng.standard_normal((N, D)) + rng.standard_t(2, (N, D))
+    X[: N // 10] *= 10
+    Y = reduce_rank(X)
+    for B0 in (np.repeat(l2_start(Y)[:, None], K, axis=1), sign(X @ rng.standard_normal((D, K)))):
+        for warm in (True, False):
+            full = bitflip_search(Y, B0, warm_start=warm, screen=False)
+            fast = bitflip_search(Y, B0, warm_start=warm, screen=True)
+            np.testing.assert_array_equal(fast.signs, full.signs)
+            assert (fast.n_flips, fast.converged) == (full.n_flips, full.converged)
+            assert full.n_flips > 20
