@@ -145,14 +145,15 @@ def main(argv=None):
         batched(32, (64, 16), 2, 1, out)
         crossover((64, 16), 2, [1, 16], 1, out)
     else:
-        # N x D up to 1e7 entries (80 MB); K = 1 and 2 (closed-form gains). K >= 3 cells are left
-        # out: their per-flip batched eigvalsh makes a 1e4 x 100, K = 5 fit take minutes here
-        # (a known weakness, see the README of bench/ and the issue notes).
+        # N x D up to 1e7 entries (80 MB). K >= 3 evaluates K x K eigenvalue problems (the NumPy
+        # path only for candidates its concavity bound keeps; JAX for all of them each step).
         grid = [(1000, 10, 1), (1000, 100, 1), (10_000, 10, 1), (10_000, 100, 1), (10_000, 100, 2),
-                (100_000, 10, 1), (100_000, 100, 1), (100_000, 100, 2), (1_000_000, 10, 1)]
+                (10_000, 100, 3), (10_000, 100, 5), (100_000, 10, 1), (100_000, 100, 1),
+                (100_000, 100, 2), (1_000_000, 10, 1)]
         if args.preset == "session":
-            grid = [(1000, 10, 1), (10_000, 10, 1), (10_000, 100, 1), (100_000, 10, 1),
-                    (100_000, 100, 1), (1_000_000, 10, 1)]
+            grid = [(1000, 10, 1), (10_000, 10, 1), (10_000, 100, 1), (10_000, 100, 2),
+                    (10_000, 100, 3), (100_000, 10, 1), (100_000, 100, 1), (100_000, 100, 2),
+                    (1_000_000, 10, 1)]
         single_fits(grid, args.repeats, out)
         growth([10_000, 100_000, 1_000_000] if args.preset == "session"
                else [10_000, 30_000, 100_000, 300_000, 1_000_000], args.repeats, out)
