@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bitflip import TIE_RTOL, SearchResult, best_pair
+from .bitflip import TIE_RTOL, SearchResult, best_pair, pair_moves_apply
 
 SCREEN_MIN_SAMPLES = 4096
 """Below this many samples a full pass is cheap and the reference runs as it is."""
@@ -78,7 +78,7 @@ def search_k1_screened(Y, b0, *, max_flips, tol, warm_start, pair_moves):
             v = Yt.T @ b
             Ps, vs = Yt @ v, v.copy()
         else:
-            if not pair_moves:
+            if not (pair_moves and bool(pair_moves_apply(g, 1))):
                 converged = True
                 break
             Ps, vs = Yt @ v, v.copy()  # the pair check ranks every bit: exact P for all

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .bitflip import (PAIR_CANDIDATES, TIE_RTOL, candidate_gains, gram_nuclear, pair_candidates,
-                      pair_gains, select_flip, sweep_mask)
+from .bitflip import (PAIR_CANDIDATES, PAIR_MAX_BITS, TIE_RTOL, candidate_gains, gram_nuclear,
+                      pair_candidates, pair_gains, select_flip, sweep_mask)
 from .reduce import l2_start_matrix, sign
 
 AXIS = "samples"
@@ -222,6 +222,7 @@ def _pair_step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
     valid = jnp.repeat(g_l > 0, K)
     gains = candidate_gains(state.B, state.P, state.C, g_l, jnp).reshape(-1)
     loc = pair_candidates(gains, valid, jnp)
+    small = lax.psum(jnp.sum(g_l > 0), AXIS) * K <= PAIR_MAX_BITS  # pair_moves_apply, over all shards
     n, k = loc // K, loc % K
     offer = (jnp.where(valid[loc], gains[loc], -jnp.inf), (offset + loc).astype(jnp.float64),
              k.astype(jnp.float64), state.B[n, k], valid[loc].astype(jnp.float64))
@@ -241,7 +242,7 @@ def _pair_step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
     j = j.astype(jnp.int32)
     T = order.shape[0]
     a, b = j // T, j % T
-    improve = jnp.logical_and(state.converged, best > tol * cur)
+    improve = jnp.logical_and(state.converged, jnp.logical_and(small, best > tol * cur))
     capped = jnp.logical_and(improve, state.n_flips >= max_flips)
     do_pair = jnp.logical_and(improve, ~capped)
     eye = jnp.eye(K)
