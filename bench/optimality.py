@@ -106,7 +106,7 @@ def targets(stats):
     return (f"Targets: default `bitflip` >= 99% exact hits: {d:.1f}% ({'met' if d >= 99 else 'NOT met'}). "
             f"`n_init=1` >= 90%: {o:.1f}% overall ({'met' if o >= 90 else 'NOT met'}; {per_k}). "
             "A single start ends at a single-flip local optimum that is also two-flip optimal among "
-            "its 64 most promising bits (pair moves); for K > 1 the landscape has more local optima, "
+            "its 16 most promising bits (pair moves); for K > 1 the landscape has more local optima, "
             "which is why the default uses 8 starts.")
 
 

@@ -13,8 +13,8 @@ written per shard with ``jax.shard_map`` and explicit collectives:
   ``psum`` of each shard's share of the change of ``A = Y B`` (d x K; a single flip's share is zero
   except on the device that owns the bit); the update of P is then local. Three collectives per step,
   of O(1), O(1) and O(d K) data, for single flips and sweeps alike;
-* pair moves at each local optimum: one ``all_gather`` of every shard's best candidates (64 at most,
-  each with its sample: O(devices * 64 * d) data), after which every device picks the same pair.
+* pair moves at each local optimum: one ``all_gather`` of every shard's best candidates (16 at most,
+  each with its sample: O(devices * 16 * d) data), after which every device picks the same pair.
 
 Same start, same end point as the single-device solver (tested on 1, 2, 4 and 8 simulated devices).
 Inputs may be a NumPy array, a memory-mapped ``.npy`` file (each device reads only its own rows, in

@@ -115,9 +115,9 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
         all in one step (from the start, and between single flips). The end point is still a
         single-flip local optimum; it saves flip steps (80 s to 2 s at N=1e5, D=100 with outliers).
     pair_moves : bool, default=True
-        At each single-flip local optimum, try two-flip moves among the 64 most promising bits and
-        search on from the best improving one (all pairs when N K <= 64). Raises the exact-hit rate
-        of one start from about 86% to 91% on the optimality benchmark.
+        At each single-flip local optimum, try two-flip moves among the 16 most promising bits and
+        search on from the best improving one (problems of at most 4096 bits). Raises the exact-hit
+        rate of one start from about 85% to 91% on the optimality benchmark.
         ``warm_start=False, pair_moves=False`` is the paper's L1-BF.
     max_candidates : int, default=5_000_000
         ``exact`` refuses problems that need more sign-matrix evaluations.
