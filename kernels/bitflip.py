@@ -115,7 +115,8 @@ PAIR_CANDIDATES = 16
 """Bits taken into the two-flip check: the ones with the highest single-flip gains (all, when fewer).
 On the optimality grid 16 find the same improving pairs as all of them (91.1% exact hits with one
 start against 91.2% for 64 and for every pair), at 1/16 of the cost of 64: the batched JAX path
-computes the check alongside every step, so its size is paid in throughput."""
+runs the check for every problem of a batch whenever any of them reaches a local optimum, so its size
+is paid in throughput."""
 
 PAIR_MAX_BITS = 4096
 """Pair moves only for problems of at most this many bits (non-zero samples times K). They are for
@@ -135,8 +136,8 @@ def _top_desc(a, T, xp):
     index (a stable order, the same on every backend)."""
     if xp.__name__.startswith("jax"):
         # T rounds of argmax (the first maximum: ties by lower index), each taking its pick out.
-        # XLA's CPU sort and top_k cost 50 ms per batched step on 2048 searches of 128 bits; this
-        # costs well under one. Non-finite entries (invalid bits) rank last, by index.
+        # XLA's CPU top_k cost 50 ms per batched step on 2048 searches of 128 bits; this about 12.
+        # Non-finite entries (invalid bits) rank last, by index.
         v = xp.where(xp.isfinite(a), a, xp.finfo(a.dtype).min)
         picks = []
         for _ in range(T):
@@ -171,7 +172,8 @@ def pair_gains(k, s, Prows, G, C, valid, xp=np):
     w = -2.0 * s[:, None] * Prows  # (T, K): A^T u for each candidate
     E = xp.eye(K)[k]  # (T, K): e_k
     ew = E[:, :, None] * w[:, None, :]  # e_k w^T
-    own = ew + xp.swapaxes(ew, -1, -2) + 4.0 * xp.diagonal(G)[:, None, None] * (E[:, :, None] * E[:, None, :])
+    own = ew + xp.swapaxes(ew, -1, -2) \
+        + 4.0 * xp.diagonal(G)[:, None, None] * (E[:, :, None] * E[:, None, :])
     ssG = 4.0 * s[:, None] * s[None, :] * G
 
     def entry(a, b):  # M[:, :, a, b] as a (T, T) array: K <= 2 needs three of them, not (T, T, K, K)

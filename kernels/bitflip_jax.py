@@ -25,8 +25,9 @@ from jax import lax
 from .bitflip import best_pair, candidate_gains, gram_nuclear, select_flip, sweep_mask
 from .reduce import l2_start_matrix, reduce_rank, sign
 
-# Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps its own cache; this
-# mirror of it lets backend="auto" prefer JAX where no compile is pending, without asking jit.
+# Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps
+# its own cache; this mirror of it lets backend="auto" prefer JAX where no compile is pending,
+# without asking jit.
 _COMPILED: set = set()
 
 

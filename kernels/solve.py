@@ -150,8 +150,8 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
                               progress=progress, devices=devices, mesh=mesh)
     return _solve_many([X], n_components, method=method, n_init=n_init, backend=backend,
                        random_state=random_state, max_flips=max_flips, tol=tol,
-                       warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates, names=["X"],
-                       progress=progress)[0]
+                       warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
+                       names=["X"], progress=progress)[0]
 
 
 def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
@@ -234,7 +234,8 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     mats = [X / sc for X, sc in zip(mats, scales)]
     results = _solve_scaled(mats, K, method=method, n_init=n_init, backend=backend,
                             random_state=random_state, max_flips=max_flips, tol=tol,
-                            warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates, progress=progress)
+                            warm_start=warm_start, pair_moves=pair_moves,
+                            max_candidates=max_candidates, progress=progress)
     return [replace(res, objective=res.objective * sc) for res, sc in zip(results, scales)]
 
 
