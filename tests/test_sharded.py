@@ -124,3 +124,13 @@ def test_service_routes_large_fits_to_the_sharded_solver(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
+
+
+def test_the_sharded_benchmark_runs_in_quick_mode(tmp_path):
+    """bench/sharded.py --quick, so the benchmark never falls behind the solver's internals."""
+    out = tmp_path / "sharded.md"
+    r = _run([HERE.parent / "bench" / "sharded.py", "--quick", "--out", out])
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert "| 1 | 2 | True |" in text  # same signs on 2 devices as on one
+    assert "Collectives per flip step" in text and "memory" in text.lower()
