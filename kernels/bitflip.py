@@ -272,7 +272,7 @@ POLAR_RTOL = 1e-6
 def inv_sqrt_gram(C, xp=np):
     """``C^(-1/2)`` of a K x K Gram ``C = A^T A``, and whether ``A`` has full column rank.
 
-    ``A C^(-1/2)`` is the Procrustes factor ``U V^T`` of ``A = U S V^T`` (:func:`polar_factor`), and
+    ``A C^(-1/2)`` is the Procrustes factor ``U V^T`` of ``A = U S V^T``, and
     ``P C^(-1/2)`` with ``P = Y^T A`` is ``Y^T`` times it: the sweep direction, from the K x K Gram
     only (a closed form for K <= 2; batched small SVDs are slow under ``vmap`` on the CPU). When A is
     rank-deficient (the paper's L2 start copies one column K times) the factor is not unique and an
@@ -299,12 +299,6 @@ def inv_sqrt_gram(C, xp=np):
     floor = xp.maximum(w[-1] * POLAR_RTOL ** 2, np.finfo(np.float64).tiny)
     inv_sqrt = xp.where(unique, 1.0 / xp.sqrt(xp.maximum(w, floor)), 0.0)
     return (V * inv_sqrt) @ V.T, unique
-
-
-def polar_factor(A, xp=np):
-    """``U V^T`` of the thin SVD ``A = U S V^T``, and whether it is unique (see :func:`inv_sqrt_gram`)."""
-    R, unique = inv_sqrt_gram(A.T @ A, xp)
-    return A @ R, unique
 
 
 def sweep_mask(B, P, C, cur, tol, xp=np):

@@ -51,7 +51,7 @@ def _running(state: FlipState, max_steps) -> jax.Array:
     return jnp.logical_and(~state.done, state.steps < max_steps)
 
 
-def _flip_step(Y, g, max_flips, tol, warm_start: bool, pair_moves: bool, state: FlipState) -> FlipState:
+def _flip_step(Y, g, max_flips, tol, warm_start: bool, state: FlipState) -> FlipState:
     N, K = state.B.shape
     cur = gram_nuclear(state.C, jnp)
     gains = jnp.where(state.flipped, -jnp.inf, candidate_gains(state.B, state.P, state.C, g, jnp))
@@ -75,9 +75,9 @@ def _flip_step(Y, g, max_flips, tol, warm_start: bool, pair_moves: bool, state: 
     A = state.A + Y @ delta
     flipped = jnp.where(do_flip, state.flipped.at[n, k].set(True), state.flipped)
     new_round = jnp.logical_and(~wants, any_flipped)
+    # A local optimum ends this loop; with pair moves, search's outer loop decides whether to go on.
     at_optimum = jnp.logical_and(~wants, ~any_flipped)
-    # With pair moves a local optimum does not end the loop: the next iteration is a pair step.
-    stop = jnp.logical_or(capped, jnp.logical_and(at_optimum, not pair_moves))
+    stop = jnp.logical_or(capped, at_optimum)
     return FlipState(
         B=state.B + delta,
         A=A,
@@ -126,8 +126,7 @@ def search(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
         done=jnp.array(False), converged=jnp.array(False),
     )
     running = functools.partial(_running, max_steps=2 * max_flips + 2)
-    # The inner loop stops at each local optimum (done); the pair step decides whether to go on.
-    step = functools.partial(_flip_step, Y, g, max_flips, tol, warm_start, False)
+    step = functools.partial(_flip_step, Y, g, max_flips, tol, warm_start)
 
     def flips(st):
         return lax.while_loop(running, step, st)
