@@ -312,7 +312,20 @@ def sweep_mask(B, P, C, cur, tol, xp=np):
     triggers a sweep. Nothing is flagged while Y B is rank-deficient.
     """
     R, unique = inv_sqrt_gram(C, xp)
-    return xp.logical_and(B * (P @ R) < -0.5 * tol * cur, unique)
+    return xp.logical_and(B * small_matmul(P, R, xp) < -0.5 * tol * cur, unique)
+
+
+def small_matmul(P, R, xp=np):
+    """``P @ R`` for a K x K matrix R, written out for K <= 2. Under ``vmap`` on the CPU, XLA
+    runs a batch of (N x 2) @ (2 x 2) products as a batched dot costing more than the whole gain
+    evaluation; written out, it fuses with its neighbours."""
+    K = R.shape[-1]
+    if K == 1:
+        return P * R[0, 0]
+    if K == 2:
+        return xp.stack([P[..., 0] * R[0, 0] + P[..., 1] * R[1, 0],
+                         P[..., 0] * R[0, 1] + P[..., 1] * R[1, 1]], axis=-1)
+    return P @ R
 
 
 def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, pair_moves=True,
