@@ -135,19 +135,31 @@ def _top_desc(a, T, xp):
     """Indices of the T largest entries of ``a``, by decreasing value, equal values by increasing
     index (a stable order, the same on every backend)."""
     if xp.__name__.startswith("jax"):
-        # T rounds of argmax (the first maximum: ties by lower index), each taking its pick out.
-        # XLA's CPU top_k cost 50 ms per batched step on 2048 searches of 128 bits; this about 12.
+        # T rounds, each taking out the first maximum (a max, then the lowest index holding it: two
+        # plain reductions; XLA's CPU argmax is a two-operand reduction at twice their cost, and its
+        # top_k cost 50 ms per batched step on 2048 searches of 128 bits, these rounds about 6).
         # Non-finite entries (invalid bits) rank last, by index.
         v = xp.where(xp.isfinite(a), a, xp.finfo(a.dtype).min)
         picks = []
         for _ in range(T):
-            j = xp.argmax(v)
+            j = first_true(v == v.max(), xp)
             picks.append(j)
-            v = v.at[j].set(-xp.inf)
+            v = xp.where(xp.arange(v.shape[0]) == j, -xp.inf, v)
         return xp.stack(picks)
     if xp.__name__.startswith("cupy"):
         return xp.argsort(-a)[:T]  # CuPy's sort is a stable radix sort; it takes no `stable` flag
     return xp.argsort(-a, stable=True)[:T]
+
+
+def first_true(mask, xp=np):
+    """Index of the first true entry of a 1-D mask (0 when there is none, as ``argmax``)."""
+    if xp.__name__.startswith("jax"):
+        # The lowest index holding a true entry: one plain min-reduction, which XLA's CPU backend
+        # vectorises; its argmax is a two-operand reduction at about twice the cost.
+        n = mask.shape[0]
+        j = xp.min(xp.where(mask, xp.arange(n), n))
+        return xp.where(j == n, 0, j)
+    return xp.argmax(mask.astype(xp.int8))  # int8: argmax on bool is not universal
 
 
 def pair_candidates(gains, valid, xp=np):
@@ -222,8 +234,7 @@ def select_flip(gains, cur, xp=np):
     """
     flat = gains.reshape(-1)
     best = flat.max()
-    j = xp.argmax((flat >= best - TIE_RTOL * cur).astype(xp.int8))  # int8: argmax on bool is not universal
-    return j, best
+    return first_true(flat >= best - TIE_RTOL * cur, xp), best
 
 
 def select_flip_bounded(B, P, C, g, flipped, cur, tol, xp=np):
