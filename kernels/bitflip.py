@@ -368,10 +368,11 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, p
         optimality benchmark from 85% to 91% (K = 2, 3 gain most); the cost is O(T^2 K^3) per check,
         no pass over the data.
     screen : bool
-        On NumPy, skip work that cannot change a decision: for K = 1 with at least 4096 samples the
-        same rules run with screened gains (:mod:`l1pca.kernels.bitflip_screened`, O(N) instead of
-        O(N d) per step); for K >= 3 only candidates whose concavity bound reaches the tolerance get
-        an exact eigenvalue problem (:func:`select_flip_bounded`). False: the plain reference.
+        On NumPy, skip work that cannot change a decision: with at least 4096 samples the same rules
+        run with screened gains (:mod:`l1pca.kernels.bitflip_screened`: O(N K) plus a few thousand
+        rows per step instead of O(N d K)); below that, for K >= 3, only candidates whose concavity
+        bound reaches the tolerance get an exact eigenvalue problem (:func:`select_flip_bounded`).
+        False: the plain reference.
 
     Returns
     -------
@@ -381,12 +382,12 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, p
     N, K = B0.shape
     if max_flips is None:
         max_flips = default_max_flips(N, K)
-    if screen and xp is np and K == 1:
-        from .bitflip_screened import SCREEN_MIN_SAMPLES, search_k1_screened
+    if screen and xp is np:
+        from .bitflip_screened import SCREEN_MIN_SAMPLES, search_screened
 
         if N >= SCREEN_MIN_SAMPLES:
-            return search_k1_screened(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start,
-                                      pair_moves=pair_moves)
+            return search_screened(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start,
+                                   pair_moves=pair_moves)
     B = xp.array(B0, dtype=Y.dtype, copy=True)
     # Y^T as its own contiguous array: BLAS multiplies it 2-3x faster than the transposed view.
     Yt = xp.ascontiguousarray(Y.T)

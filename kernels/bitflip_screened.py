@@ -1,95 +1,151 @@
-"""L1-BF for K = 1 on many samples, with screened gains: the same rules as
-:func:`l1pca.kernels.bitflip.bitflip_search`, at O(N) instead of O(N d) per step.
+"""L1-BF on many samples with screened gains: the rules of
+:func:`l1pca.kernels.bitflip.bitflip_search`, at O(N K) plus the candidates' rows per step instead of
+O(N d K).
 
-Each step of the reference updates ``P = Y^T v`` (v = Y b) for every sample: one pass over the d x N
-data, 80 MB at N = 1e5, d = 100, and it is the whole cost of a step. Yet a step only needs the samples
-that could flip. Here P is kept *stale*, as computed at some earlier ``v_s``, and Cauchy-Schwarz bounds
-how far each entry can have moved since: ``|P_n - P_s,n| <= ||y_n|| ||v - v_s||``. A sample whose gain
-``4 (||y_n||^2 - b_n P_n)`` is negative even at that bound cannot be flipped, swept, or tie with the
-best flip (see ``_MARGIN``), so P is computed exactly only for the others (typically a few dozen), and
-refreshed in full only when the bound has grown too loose. Decisions are those of the reference: the
-same sweeps, flips, rounds, ties and pair moves, from exact values of every sample that matters.
+Each step of the reference updates ``P = Y^T A`` (A = Y B) for every sample: a pass over the d x N
+data, 80 MB at N = 1e5, d = 100, and it is the whole cost of a step. Yet a step only needs the bits
+that could flip. Flipping bit (n, k) gains at most ``UB = -2 B[n, k] Z[n, k] + 2 g_n R_kk`` with
+``R = C^(-1/2)``, ``Z = P R`` and ``g_n = ||y_n||^2``, because ``M -> tr sqrt(M)`` is concave (the
+bound :func:`l1pca.kernels.bitflip.select_flip_bounded` uses too; for K = 1 it is the exact gain's
+first-order term). :class:`_Screen` evaluates ``UB`` at a refresh and bounds how far it can have
+moved since from K-vectors only (Cauchy-Schwarz on the change of A and of R). A bit whose bound stays
+below ``-TIE_RTOL * cur`` is never a sweep bit, never the best flip and never in its tie band, so the
+step evaluates exactly only the rows that pass (typically a few thousand of 1e5), and refreshes in
+full when more than N / 16 pass. Decisions are those of the reference: the same sweeps, flips,
+rounds, ties and pair moves (``tests/test_kernels_bitflip.py`` checks step counts and signs).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .bitflip import TIE_RTOL, SearchResult, best_pair, pair_moves_apply
+from .bitflip import (TIE_RTOL, SearchResult, best_pair, candidate_gains, gram_nuclear, inv_sqrt_gram,
+                      pair_moves_apply, select_flip, small_matmul)
 
 SCREEN_MIN_SAMPLES = 4096
 """Below this many samples a full pass is cheap and the reference runs as it is."""
 
-_MARGIN = 2.0 * TIE_RTOL
-"""Samples are screened out when ``||y_n||^2 - b_n P_n < -_MARGIN * ||v||^2`` at the bound: their
-flip would lower ``||v||`` by more than ``4 TIE_RTOL ||v||``, so it is never the best flip, never
-within the tie band of a best flip that clears ``tol >= 0``, and never a sweep bit (those gain)."""
 
+def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
+    """:func:`l1pca.kernels.bitflip.bitflip_search` on NumPy with screened gains; same arguments and
+    result.
 
-def search_k1_screened(Y, b0, *, max_flips, tol, warm_start, pair_moves):
-    """:func:`l1pca.kernels.bitflip.bitflip_search` for K = 1 on NumPy; same arguments and result."""
-    Yt = np.ascontiguousarray(Y.T)  # samples as rows: gathering a few is a contiguous copy
-    N = Yt.shape[0]
-    b = np.array(b0[:, 0], dtype=np.float64)
+    ``A`` and ``C`` follow the reference's updates operation for operation; only the candidates'
+    ``P`` is computed afresh instead of being updated, which changes no decision. While ``Y B`` is
+    rank-deficient (no ``C^(-1/2)``, as from the paper's L2 start with K >= 2) every row is evaluated,
+    as in the reference.
+    """
+    Yt = np.ascontiguousarray(Y.T)
+    N, K = B0.shape
+    B = np.array(B0, dtype=np.float64, copy=True)
     g = np.einsum("nd,nd->n", Yt, Yt)
     r = np.sqrt(g)
-    v = Yt.T @ b
-    Ps, vs = Yt @ v, v.copy()
-    refresh_at = max(256, N // 16)  # more candidates than this: one full pass is cheaper
-    flipped = np.zeros(N, dtype=bool)
+    A = Y @ B
+    C = A.T @ A
+    refresh_at = max(256, N // 16)  # more candidate rows than this: one full pass is cheaper
+    everything = np.arange(N)
+    flipped = np.zeros((N, K), dtype=bool)
+    screen = None
     n_flips, converged = 0, False
     for _ in range(2 * max_flips + 2):
-        C = float(v @ v)
-        cur = np.sqrt(C)
-        cand = np.flatnonzero(g - b * Ps + r * np.linalg.norm(v - vs) > -_MARGIN * C)
-        if cand.size > refresh_at:
-            Ps, vs = Yt @ v, v.copy()
-            cand = np.flatnonzero(g - b * Ps > -_MARGIN * C)
-        Pc = Yt[cand] @ v  # exact for every sample that matters
-        bc = b[cand]
-        if warm_start and C > 0:
-            bad = cand[bc * Pc < -0.5 * tol * C]  # sweep_mask for K = 1: b P / ||v|| < -tol ||v|| / 2
-            if bad.size:
+        cur = float(gram_nuclear(C))
+        R, unique = inv_sqrt_gram(C)
+        if not bool(unique):
+            rows, P, screen = everything, Yt @ A, None
+        else:
+            rows = None if screen is None else screen.rows(A, R, cur)
+            if rows is None or rows.size > refresh_at:
+                screen = _Screen(Yt @ A, A, R, B, g, r)
+                rows = screen.rows(A, R, cur)
+            P = Yt[rows] @ A  # exact for every row that matters
+        Br = B[rows]
+        if warm_start and bool(unique):
+            bad = Br * small_matmul(P, R) < -0.5 * tol * cur  # sweep_mask on the candidate rows
+            hit = np.flatnonzero(bad.any(axis=1))
+            if hit.size:
                 if n_flips >= max_flips:
                     break
-                v -= 2.0 * (Yt[bad].T @ b[bad])
-                b[bad] = -b[bad]
+                delta = np.where(bad[hit], -2.0 * Br[hit], 0.0)
+                A += Y[:, rows[hit]] @ delta
+                B[rows[hit]] += delta
+                C = A.T @ A
+                if screen is not None:
+                    screen.dirty[rows[hit]] = True
                 n_flips += 1
                 continue
-        dsq = 4.0 * (g[cand] - bc * Pc)
-        new = np.sqrt(np.clip(C + dsq, 0.0, None))
-        denom = new + cur
-        gains = np.where(denom > 0, dsq / np.where(denom > 0, denom, 1.0), 0.0)
-        gains = np.where(flipped[cand], -np.inf, gains)
-        if gains.size:
-            best = float(gains.max())
-            n = int(cand[np.argmax(gains >= best - TIE_RTOL * cur)])  # the first within the tie band
-        else:
-            best = -np.inf
+        gains = np.where(flipped[rows], -np.inf, candidate_gains(Br, P, C, g[rows]))
+        j, best = select_flip(gains, cur) if gains.size else (0, -np.inf)
+        best = float(best)
         if best > tol * cur:
             if n_flips >= max_flips:
                 break
-            s = b[n]
-            v -= 2.0 * s * Yt[n]
-            b[n] = -s
-            flipped[n] = True
+            i, k = divmod(int(j), K)
+            n = int(rows[i])
+            s = float(B[n, k])
+            A[:, k] -= 2.0 * s * Y[:, n]
+            B[n, k] = -s
+            C = A.T @ A
+            flipped[n, k] = True
+            if screen is not None:
+                screen.dirty[n] = True
             n_flips += 1
-        elif flipped.any():
-            flipped[:] = False
-            v = Yt.T @ b
-            Ps, vs = Yt @ v, v.copy()
+        elif bool(flipped.any()):
+            flipped[...] = False
+            A = Y @ B
+            C = A.T @ A
+            screen = None
         else:
-            if not (pair_moves and bool(pair_moves_apply(g, 1))):
+            if not (pair_moves and bool(pair_moves_apply(g, K))):
                 converged = True
                 break
-            Ps, vs = Yt @ v, v.copy()  # the pair check ranks every bit: exact P for all
-            bit_a, bit_b, best = best_pair(Y, b[:, None], Ps[:, None], np.array([[C]]), g, cur)
+            # The pair check ranks every bit: exact P for all.
+            bit_a, bit_b, best = best_pair(Y, B, Yt @ A, C, g, cur)
             if not float(best) > tol * cur:
                 converged = True
                 break
             if n_flips >= max_flips:
                 break
-            for n in (int(bit_a), int(bit_b)):
-                v -= 2.0 * b[n] * Yt[n]
-                b[n] = -b[n]
+            for bit in (int(bit_a), int(bit_b)):
+                n, k = divmod(bit, K)
+                A[:, k] -= 2.0 * float(B[n, k]) * Y[:, n]
+                B[n, k] = -B[n, k]
+            C = A.T @ A
+            screen = None
             n_flips += 1
-    return SearchResult(b[:, None], float(np.linalg.norm(v)), n_flips, converged)
+    return SearchResult(B, float(gram_nuclear(C)), n_flips, converged)
+
+
+class _Screen:
+    """Bounds on every bit's concavity bound ``UB``, from one refresh (K >= 2).
+
+    At the refresh: ``U_s = -2 B Z_s + 2 g R_s,kk`` with ``Z_s = P_s R_s``. Later, with ``A`` and ``R``
+    moved on, for a row whose signs have not changed since (``dirty`` marks the others):
+    ``|Z - Z_s|[n, k] <= r_n sum_j (||a_j - a_s,j|| |R_jk| + ||a_s,j|| |R_jk - R_s,jk|)`` because
+    ``|P_s[n, j]| <= r_n ||a_s,j||``, so ``UB <= U_s + r_n alpha_k + g_n gamma_k`` with K-vectors alpha
+    and gamma: two multiplications and additions over the N x K bits per step.
+    """
+
+    def __init__(self, Ps, A, R, B, g, r):
+        self.As, self.Rs, self.g, self.r = A.copy(), R, g, r
+        self.norm_as = np.linalg.norm(A, axis=0)
+        terms = -2.0 * B * small_matmul(Ps, R)
+        own = 2.0 * g[:, None] * np.diagonal(R)[None, :]
+        # Rounding in U_s: a relative 1e-12 of its terms (its own error is about 1e-16 of them).
+        # Stored one contiguous row per k: the per-step tests run over N-vectors.
+        self.Us = np.ascontiguousarray((terms + own + 1e-12 * (np.abs(terms) + own)).T)
+        self.dirty = np.zeros(B.shape[0], dtype=bool)
+
+    def rows(self, A, R, cur):
+        """Rows holding a bit whose ``UB`` may reach ``-TIE_RTOL * cur``, and every dirty row."""
+        dR = np.abs(R - self.Rs)
+        drift = np.linalg.norm(A - self.As, axis=0)
+        alpha = 2.0 * (drift @ np.abs(R) + self.norm_as @ dR) * (1.0 + 1e-12)
+        gamma = 2.0 * np.maximum(np.diagonal(R) - np.diagonal(self.Rs), 0.0) * (1.0 + 1e-12)
+        keep = self.dirty.copy()
+        ub = np.empty_like(self.r)
+        for k in range(self.Us.shape[0]):
+            np.multiply(self.r, alpha[k], out=ub)
+            ub += self.Us[k]
+            if gamma[k] > 0:
+                ub += gamma[k] * self.g
+            keep |= ub > -TIE_RTOL * cur
+        return np.flatnonzero(keep)

@@ -231,18 +231,20 @@ def test_sweeps_absorb_the_cascade_on_contaminated_data():
     assert jx.n_flips == warm.n_flips
 
 
-@pytest.mark.parametrize("warm, pairs", [(True, True), (False, False)])
-def test_screened_k1_search_takes_the_reference_steps(warm, pairs):
-    """K = 1 with many samples skips, each step, the samples that cannot flip (bitflip_screened):
+@pytest.mark.parametrize("K, warm, pairs", [(1, True, True), (1, False, False), (2, True, True),
+                                             (2, False, False), (3, True, True)])
+def test_screened_search_takes_the_reference_steps(K, warm, pairs):
+    """With many samples each step skips the bits whose gain bound rules them out (bitflip_screened):
     the same sweeps, flips, rounds and pair moves as the full pass, so the same end point."""
     from l1pca.kernels.bitflip_screened import SCREEN_MIN_SAMPLES
 
-    rng = np.random.default_rng(23)
-    N, D = SCREEN_MIN_SAMPLES + 904, 30
+    rng = np.random.default_rng(23 + K)
+    N, D = SCREEN_MIN_SAMPLES + 904, 30 if K == 1 else 8
     X = rng.standard_normal((N, D)) * np.linspace(3.0, 0.5, D)
     X[: N // 50] += 20.0 * rng.standard_normal((N // 50, D))
     Y = reduce_rank(X)
-    for B0 in (sign(Y[:1].T), sign(X @ rng.standard_normal((D, 1)))):
+    starts = (np.repeat(sign(Y[:1].T), K, axis=1), sign(X @ rng.standard_normal((D, K))))
+    for B0 in starts:
         full = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, screen=False)
         fast = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, screen=True)
         np.testing.assert_array_equal(fast.signs, full.signs)
@@ -251,6 +253,28 @@ def test_screened_k1_search_takes_the_reference_steps(warm, pairs):
         assert full.n_flips > 20  # the search did real work
     capped = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, max_flips=5)
     assert capped.n_flips == 5 and not capped.converged
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_screened_search_with_pair_moves(K):
+    """Mostly zero samples (as in a padded bucket): few enough non-zero bits for pair moves, which the
+    screened path hands the full P; same steps as the reference."""
+    from l1pca.kernels.bitflip_screened import SCREEN_MIN_SAMPLES
+
+    rng = np.random.default_rng(50 + K)
+    X = np.zeros((SCREEN_MIN_SAMPLES + 100, 6))
+    X[:600] = rng.standard_t(2, (600, 6))
+    X[:60] *= 5
+    Y = reduce_rank(X)
+    moved = 0
+    for seed in range(12):
+        B0 = sign(X @ np.random.default_rng(seed).standard_normal((6, K)))
+        full = bitflip_search(Y, B0, screen=False)
+        fast = bitflip_search(Y, B0, screen=True)
+        np.testing.assert_array_equal(fast.signs, full.signs)
+        assert (fast.n_flips, fast.converged) == (full.n_flips, full.converged)
+        moved += bitflip_search(Y, B0, pair_moves=False, screen=False).n_flips != full.n_flips
+    assert moved  # pair moves changed the search at least once
 
 
 @pytest.mark.parametrize("K", [3, 4])
