@@ -9,7 +9,7 @@ that could flip. Flipping bit (n, k) gains at most ``UB = -2 B[n, k] Z[n, k] + 2
 bound :func:`l1pca.kernels.bitflip.select_flip_bounded` uses too; for K = 1 it is the exact gain's
 first-order term). :class:`_Screen` evaluates ``UB`` at a refresh and bounds how far it can have
 moved since from K-vectors only (Cauchy-Schwarz on the change of A and of R). A bit whose bound stays
-below ``-TIE_RTOL * cur`` is never a sweep bit, never the best flip and never in its tie band, so the
+below ``-2 TIE_RTOL cur`` is never a sweep bit, never the best flip and never in its tie band, so the
 step evaluates exactly only the rows that pass (typically a few thousand of 1e5), and refreshes in
 full when more than N / 16 pass. Decisions are those of the reference: the same sweeps, flips,
 rounds, ties and pair moves (``tests/test_kernels_bitflip.py`` checks step counts and signs).
@@ -115,13 +115,15 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
 
 
 class _Screen:
-    """Bounds on every bit's concavity bound ``UB``, from one refresh (K >= 2).
+    """Bounds on every bit's concavity bound ``UB``, from one refresh.
 
     At the refresh: ``U_s = -2 B Z_s + 2 g R_s,kk`` with ``Z_s = P_s R_s``. Later, with ``A`` and ``R``
     moved on, for a row whose signs have not changed since (``dirty`` marks the others):
     ``|Z - Z_s|[n, k] <= r_n sum_j (||a_j - a_s,j|| |R_jk| + ||a_s,j|| |R_jk - R_s,jk|)`` because
     ``|P_s[n, j]| <= r_n ||a_s,j||``, so ``UB <= U_s + r_n alpha_k + g_n gamma_k`` with K-vectors alpha
-    and gamma: two multiplications and additions over the N x K bits per step.
+    and gamma: two multiplications and additions over the N x K bits per step. Bits are kept while
+    the bound reaches ``-2 TIE_RTOL cur``: twice the width that matters, so that rounding in the
+    exact gains (about 1e-16 of cur) never lets a dropped bit into the tie band, even with ``tol=0``.
     """
 
     def __init__(self, Ps, A, R, B, g, r):
@@ -135,7 +137,7 @@ class _Screen:
         self.dirty = np.zeros(B.shape[0], dtype=bool)
 
     def rows(self, A, R, cur):
-        """Rows holding a bit whose ``UB`` may reach ``-TIE_RTOL * cur``, and every dirty row."""
+        """Rows holding a bit whose ``UB`` may reach ``-2 TIE_RTOL cur``, and every dirty row."""
         dR = np.abs(R - self.Rs)
         drift = np.linalg.norm(A - self.As, axis=0)
         alpha = 2.0 * (drift @ np.abs(R) + self.norm_as @ dR) * (1.0 + 1e-12)
@@ -147,5 +149,5 @@ class _Screen:
             ub += self.Us[k]
             if gamma[k] > 0:
                 ub += gamma[k] * self.g
-            keep |= ub > -TIE_RTOL * cur
+            keep |= ub > -2.0 * TIE_RTOL * cur
         return np.flatnonzero(keep)
