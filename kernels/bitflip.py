@@ -237,6 +237,14 @@ def select_flip(gains, cur, xp=np):
     return first_true(flat >= best - TIE_RTOL * cur, xp), best
 
 
+def gain_bound_terms(B, P, R, g, xp=np):
+    """The concavity bound on every bit's gain, ``cross + own`` with ``cross = -2 B (P R)`` and
+    ``own = 2 g_n R_kk`` (R = C^(-1/2)), returned as its two terms (callers size their rounding slack
+    on them). ``M -> tr sqrt(M)`` is concave, so ``tr sqrt(C + D) <= tr sqrt(C) + tr(R D) / 2`` for
+    the rank-two change D of flipping bit (n, k)."""
+    return -2.0 * B * small_matmul(P, R, xp), 2.0 * g[:, None] * xp.diagonal(R)[None, :]
+
+
 def select_flip_bounded(B, P, C, g, flipped, cur, tol, xp=np):
     """``select_flip`` of the allowed candidate gains, for K >= 3, evaluating few of them exactly.
 
@@ -253,7 +261,8 @@ def select_flip_bounded(B, P, C, g, flipped, cur, tol, xp=np):
     if not bool(unique):
         return select_flip(xp.where(flipped, -xp.inf, candidate_gains(B, P, C, g, xp)), cur, xp)
     slack = TIE_RTOL * cur  # the bound in floating point: never let rounding drop a candidate
-    ub = -2.0 * B * (P @ R) + 2.0 * g[:, None] * xp.diagonal(R)[None, :] + slack
+    cross, own = gain_bound_terms(B, P, R, g, xp)
+    ub = cross + own + slack
     ub = xp.where(flipped, -xp.inf, ub).reshape(-1)
     top = float(ub.max())
     if not top > tol * cur:

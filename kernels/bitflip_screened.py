@@ -5,9 +5,9 @@ O(N d K).
 Each step of the reference updates ``P = Y^T A`` (A = Y B) for every sample: a pass over the d x N
 data, 80 MB at N = 1e5, d = 100, and it is the whole cost of a step. Yet a step only needs the bits
 that could flip. Flipping bit (n, k) gains at most ``UB = -2 B[n, k] Z[n, k] + 2 g_n R_kk`` with
-``R = C^(-1/2)``, ``Z = P R`` and ``g_n = ||y_n||^2``, because ``M -> tr sqrt(M)`` is concave (the
-bound :func:`l1pca.kernels.bitflip.select_flip_bounded` uses too; for K = 1 it is the exact gain's
-first-order term). :class:`_Screen` evaluates ``UB`` at a refresh and bounds how far it can have
+``R = C^(-1/2)``, ``Z = P R`` and ``g_n = ||y_n||^2``, because ``M -> tr sqrt(M)`` is concave
+(:func:`l1pca.kernels.bitflip.gain_bound_terms`, which ``select_flip_bounded`` uses too; for K = 1
+it is the exact gain's first-order term). :class:`_Screen` evaluates ``UB`` at a refresh and bounds how far it can have
 moved since from K-vectors only (Cauchy-Schwarz on the change of A and of R). A bit whose bound stays
 below ``-2 TIE_RTOL cur`` is never a sweep bit, never the best flip and never in its tie band, so the
 step evaluates exactly only the rows that pass (typically a few thousand of 1e5), and refreshes in
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bitflip import (TIE_RTOL, SearchResult, best_pair, candidate_gains, gram_nuclear, inv_sqrt_gram,
-                      pair_moves_apply, select_flip, small_matmul)
+from .bitflip import (TIE_RTOL, SearchResult, best_pair, candidate_gains, gain_bound_terms, gram_nuclear,
+                      inv_sqrt_gram, pair_moves_apply, select_flip, small_matmul)
 
 SCREEN_MIN_SAMPLES = 4096
 """Below this many samples a full pass is cheap and the reference runs as it is."""
@@ -129,8 +129,7 @@ class _Screen:
     def __init__(self, Ps, A, R, B, g, r):
         self.As, self.Rs, self.g, self.r = A.copy(), R, g, r
         self.norm_as = np.linalg.norm(A, axis=0)
-        terms = -2.0 * B * small_matmul(Ps, R)
-        own = 2.0 * g[:, None] * np.diagonal(R)[None, :]
+        terms, own = gain_bound_terms(B, Ps, R, g)
         # Rounding in U_s: a relative 1e-12 of its terms (its own error is about 1e-16 of them).
         # Stored one contiguous row per k: the per-step tests run over N-vectors.
         self.Us = np.ascontiguousarray((terms + own + 1e-12 * (np.abs(terms) + own)).T)
