@@ -1,18 +1,19 @@
 """L1-BF on many samples with screened gains: the rules of
-:func:`l1pca.kernels.bitflip.bitflip_search`, at O(N K) plus the candidates' rows per step instead of
-O(N d K).
+:func:`l1pca.kernels.bitflip.bitflip_search`, at O(N K) plus the candidates' rows per step instead
+of O(N d K).
 
 Each step of the reference updates ``P = Y^T A`` (A = Y B) for every sample: a pass over the d x N
 data, 80 MB at N = 1e5, d = 100, and it is the whole cost of a step. Yet a step only needs the bits
-that could flip. Flipping bit (n, k) gains at most ``UB = -2 B[n, k] Z[n, k] + 2 g_n R_kk`` with
-``R = C^(-1/2)``, ``Z = P R`` and ``g_n = ||y_n||^2``, because ``M -> tr sqrt(M)`` is concave
+that could flip. Flipping bit (n, k) gains at most ``UB = -2 B[n, k] Z[n, k] + 2 g_n R_kk`` with ``R
+= C^(-1/2)``, ``Z = P R`` and ``g_n = ||y_n||^2``, because ``M -> tr sqrt(M)`` is concave
 (:func:`l1pca.kernels.bitflip.gain_bound_terms`, which ``select_flip_bounded`` uses too; for K = 1
 it is the exact gain's first-order term). :class:`_Screen` evaluates ``UB`` at a refresh and bounds
-how far it can have moved since from K-vectors only (Cauchy-Schwarz on the change of A and of R). A bit whose bound stays
-below ``-2 TIE_RTOL cur`` is never a sweep bit, never the best flip and never in its tie band, so the
-step evaluates exactly only the rows that pass (typically a few thousand of 1e5), and refreshes in
-full when more than N / 16 pass. Decisions are those of the reference: the same sweeps, flips,
-rounds, ties and pair moves (``tests/test_kernels_bitflip.py`` checks step counts and signs).
+how far it can have moved since from K-vectors only (Cauchy-Schwarz on the change of A and of R). A
+bit whose bound stays below ``-2 TIE_RTOL cur`` is never a sweep bit, never the best flip and never
+in its tie band, so the step evaluates exactly only the rows that pass (typically a few thousand of
+1e5), and refreshes in full when more than N / 16 pass. Decisions are those of the reference: the
+same sweeps, flips, rounds, ties and pair moves (``tests/test_kernels_bitflip.py`` checks step
+counts and signs).
 """
 from __future__ import annotations
 
