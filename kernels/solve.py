@@ -21,6 +21,7 @@ from ._validation import (
     BACKENDS,
     check_choice,
     check_matrix,
+    peak_magnitude,
     check_n_components,
     check_positive_int,
     check_random_state,
@@ -226,12 +227,14 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     K = int(n_components)
     if not mats:
         return []
-    # Every method is scale-invariant (the objective scales with X), so each matrix is divided by a
-    # power of two near its largest entry: exact in floating point for data in the normal range,
-    # and it keeps Gram entries, squared traces and determinants of extreme data (|x| ~ 1e100 or
-    # 1e-200, denormals) from overflowing or underflowing.
+    # Every method is scale-invariant (the objective scales with X), so a matrix whose largest entry
+    # lies outside [2^-64, 2^64) is divided by a power of two near it: exact in floating point, and
+    # it keeps Gram entries, squared traces and determinants of extreme data (|x| ~ 1e100 or 1e-200,
+    # denormals) from overflowing or underflowing. Inside that range the division would change no
+    # bit of any decision (every quantity the solvers compare is homogeneous in X and a power of two
+    # commutes with rounding), so large matrices are not copied for it.
     scales = [_pow2_scale(X) for X in mats]
-    mats = [X / sc for X, sc in zip(mats, scales)]
+    mats = [X if sc == 1.0 else X / sc for X, sc in zip(mats, scales)]
     results = _solve_scaled(mats, K, method=method, n_init=n_init, backend=backend,
                             random_state=random_state, max_flips=max_flips, tol=tol,
                             warm_start=warm_start, pair_moves=pair_moves,
@@ -240,8 +243,10 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
 
 
 def _pow2_scale(X):
-    peak = float(np.abs(X).max())
-    return 1.0 if peak == 0.0 else float(2.0 ** np.floor(np.log2(peak)))
+    peak = peak_magnitude(X)
+    if peak == 0.0 or 2.0 ** -64 <= peak < 2.0 ** 64:
+        return 1.0
+    return float(2.0 ** np.floor(np.log2(peak)))
 
 
 def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, tol, warm_start,

@@ -91,3 +91,20 @@ def test_k_equal_d_on_rank_deficient_data_of_any_scale(method, scale):
         res = solve(X, D, method=method, random_state=0)
         np.testing.assert_allclose(res.components.T @ res.components, np.eye(D), atol=1e-9)
         assert np.isfinite(res.objective) and res.objective > 0
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_power_of_two_scaling_changes_no_decision(K):
+    """Data inside [2^-64, 2^64) is solved as given, data outside is divided by a power of two first
+    (kernels/solve.py): both routes must reach the same signs and components, and the objective must
+    scale exactly, whichever route a matrix takes. 4100 samples also run the screened search."""
+    rng = np.random.default_rng(3)
+    for N, D in [(40, 6), (4100, 8)]:
+        X = rng.standard_normal((N, D)) * np.linspace(2.0, 0.5, D)
+        X[: N // 20] += 10.0 * rng.standard_normal((N // 20, D))
+        base = solve(X, K, n_init=2, random_state=0, backend="numpy")
+        for e in (-90, 70):  # outside the range: the rescaled route
+            other = solve(X * 2.0 ** e, K, n_init=2, random_state=0, backend="numpy")
+            np.testing.assert_array_equal(other.signs, base.signs)
+            np.testing.assert_array_equal(other.components, base.components)
+            assert other.objective == base.objective * 2.0 ** e
