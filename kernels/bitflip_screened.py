@@ -11,7 +11,8 @@ it is the exact gain's first-order term). :class:`_Screen` evaluates ``UB`` at a
 how far it can have moved since from K-vectors only (Cauchy-Schwarz on the change of A and of R). A
 bit whose bound stays below ``-2 TIE_RTOL cur`` is never a sweep bit, never the best flip and never
 in its tie band, so the step evaluates exactly only the rows that pass (typically a few thousand of
-1e5), and refreshes in full when more than N / 16 pass. Decisions are those of the reference: the
+1e5), and refreshes in full when more than N / 16 pass; a refresh only needs bounds, so it runs in
+float32 with its rounding error added to them (:class:`_SinglePass`, 3-4x faster). Decisions are those of the reference: the
 same sweeps, flips, rounds, ties and pair moves (``tests/test_kernels_bitflip.py`` checks step
 counts and signs).
 """
@@ -24,6 +25,10 @@ from .bitflip import (TIE_RTOL, SearchResult, best_pair, candidate_gains, gain_b
 
 SCREEN_MIN_SAMPLES = 4096
 """Below this many samples a full pass is cheap and the reference runs as it is."""
+
+SINGLE_PASS_MAX_BYTES = 2 << 30
+"""Largest float32 copy of the data kept for the refreshes (:class:`_SinglePass`); beyond it they
+run in float64."""
 
 
 def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
@@ -43,6 +48,7 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
     A = Y @ B
     C = A.T @ A
     refresh_at = max(256, N // 16)  # more candidate rows than this: one full pass is cheaper
+    single = _SinglePass(Yt, r) if Yt.size * 4 <= SINGLE_PASS_MAX_BYTES else None
     everything = np.arange(N)
     flipped = np.zeros((N, K), dtype=bool)
     screen = None
@@ -55,7 +61,7 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
         else:
             rows = None if screen is None else screen.rows(A, R, cur)
             if rows is None or rows.size > refresh_at:
-                screen = _Screen(Yt @ A, A, R, B, g, r)
+                screen = _Screen(A, R, B, g, r, Yt, single)
                 rows = screen.rows(A, R, cur)
             P = Yt[rows] @ A  # exact for every row that matters
         Br = B[rows]
@@ -127,13 +133,22 @@ class _Screen:
     exact gains (about 1e-16 of cur) never lets a dropped bit into the tie band, even with ``tol=0``.
     """
 
-    def __init__(self, Ps, A, R, B, g, r):
+    def __init__(self, A, R, B, g, r, Yt, single=None):
         self.As, self.Rs, self.g, self.r = A.copy(), R, g, r
         self.norm_as = np.linalg.norm(A, axis=0)
+        if single is None:
+            Ps, rel, absolute = Yt @ A, np.zeros(A.shape[1]), np.zeros(A.shape[1])
+        else:
+            Ps, rel, absolute = single.product(A)
         terms, own = gain_bound_terms(B, Ps, R, g)
         # Rounding in U_s: a relative 1e-12 of its terms (its own error is about 1e-16 of them).
         # Stored one contiguous row per k: the per-step tests run over N-vectors.
-        self.Us = np.ascontiguousarray((terms + own + 1e-12 * (np.abs(terms) + own)).T)
+        Us = (terms + own + 1e-12 * (np.abs(terms) + own)).T
+        # The error of a float32 P_s: |dP[n, j]| <= rel_j r_n + abs_j moves term (n, k) by at most
+        # 2 sum_j |dP[n, j]| |R_jk|.
+        absR = np.abs(R)
+        Us += (2.0 * (rel @ absR))[:, None] * r[None, :] + (2.0 * (absolute @ absR))[:, None]
+        self.Us = np.ascontiguousarray(Us)
         self.dirty = np.zeros(B.shape[0], dtype=bool)
 
     def rows(self, A, R, cur):
@@ -151,3 +166,47 @@ class _Screen:
                 ub += gamma[k] * self.g
             keep |= ub > -2.0 * TIE_RTOL * cur
         return np.flatnonzero(keep)
+
+
+class _SinglePass:
+    """``P = Y^T A`` in float32 for the refreshes, with a bound on its error.
+
+    A refresh only needs bounds, and it is a pass over the whole N x d data: in float32 it reads half
+    the bytes and runs 3-4x faster (BLAS sgemm; 1.0 against 3.3 ms at N = 1e5, d = 100, K = 1, and 2.2
+    against 9.1 ms for K = 2). The rows the search then uses are computed in float64, so no decision
+    changes; the bound only widens each row's screen by its error, about 1e-5 of ``r_n ||a_j||``
+    against the 1e-2 the drift allows before a refresh.
+
+    Both factors are scaled by powers of two to a largest entry of at most 1 (no overflow whatever the
+    data's scale). Then, for the computed ``p`` against the exact ``y . a`` of one row and column, with
+    unit roundoff ``u = 2^-24``: rounding y and a to float32 and a dot product of d terms in any order
+    give ``|p - y . a| <= gamma_(d+2) sum_i |y_i a_i| <= gamma_(d+2) r_n ||a||`` (Higham, Accuracy and
+    Stability, 3.1); taken as ``2 (d + 2) u`` to cover FMA and blocking. Underflow (entries below
+    2^-126 of the scaled unit, flushed or not) adds at most ``(2 d + 1) 2^-126`` per product, taken
+    as ``8 d 2^-126`` in scaled units.
+    """
+
+    def __init__(self, Yt, r):
+        peak = float(r.max()) if r.size else 0.0  # |y_ni| <= r_n
+        self.scale_y = _pow2_at_least(peak)
+        self.Yt32 = np.empty(Yt.shape, dtype=np.float32)
+        np.multiply(Yt, 1.0 / self.scale_y, out=self.Yt32, casting="unsafe")
+        d = Yt.shape[1]
+        self.rel = 2.0 * (d + 2) * 2.0 ** -24
+        self.floor = 8.0 * d * 2.0 ** -126
+
+    def product(self, A):
+        """``(P, rel, absolute)``: P (N, K) float64 with ``|P - Y^T A|[n, j] <= rel_j r_n +
+        absolute_j``."""
+        scale_a = _pow2_at_least(float(np.abs(A).max()) if A.size else 0.0)
+        A32 = (A / scale_a).astype(np.float32)
+        unit = self.scale_y * scale_a
+        P = (self.Yt32 @ A32).astype(np.float64) * unit
+        rel = self.rel * np.linalg.norm(A, axis=0) * (1.0 + 1e-12)
+        absolute = np.full(A.shape[1], self.floor * unit)
+        return P, rel, absolute
+
+
+def _pow2_at_least(x):
+    """A power of two at least ``x`` (1 for 0), so that dividing by it is exact."""
+    return 1.0 if x <= 0.0 else float(2.0 ** np.ceil(np.log2(x)))

@@ -255,6 +255,31 @@ def test_screened_search_takes_the_reference_steps(K, warm, pairs):
     assert capped.n_flips == 5 and not capped.converged
 
 
+@pytest.mark.parametrize("scale", [2.0 ** -300, 1.0, 2.0 ** 300])
+def test_single_precision_refresh_error_bound_holds(scale):
+    """The screen's refreshes compute ``Y^T A`` in float32 (_SinglePass) with a bound on the error;
+    the bound must hold for every entry, for rows of very different size and data of any scale (the
+    float32 range is 1e-38 to 3e38: the factors are rescaled by powers of two first)."""
+    from l1pca.kernels.bitflip_screened import _SinglePass
+
+    rng = np.random.default_rng(7)
+    N, d = 3000, 40
+    Yt = rng.standard_normal((N, d)) * 10.0 ** rng.uniform(-45, 5, (N, 1)) * scale
+    Yt[:5] = 0.0
+    r = np.sqrt(np.einsum("nd,nd->n", Yt, Yt))
+    single = _SinglePass(Yt, r)
+    for K in (1, 2, 3):
+        A = rng.standard_normal((d, K)) * 10.0 ** rng.uniform(-3, 3, K) * scale * 1e3
+        P, rel, absolute = single.product(A)
+        exact = Yt @ A  # float64: its own error is ~1e-14 of the bound below
+        err = np.abs(P - exact)
+        bound = rel[None, :] * r[:, None] + absolute[None, :] + 1e-13 * r[:, None] * np.linalg.norm(A, axis=0)
+        assert np.all(err <= bound)
+        assert np.all(P[:5] == 0.0)
+        big = r > 1e-6 * r.max()
+        assert np.max(err[big] / (r[big, None] * np.linalg.norm(A, axis=0))) < 1e-5  # and it is tight
+
+
 @pytest.mark.parametrize("K", [1, 2])
 def test_screened_search_with_pair_moves(K):
     """Mostly zero samples (as in a padded bucket): few enough non-zero bits for pair moves, which the
