@@ -12,9 +12,9 @@ how far it can have moved since from K-vectors only (Cauchy-Schwarz on the chang
 bit whose bound stays below ``-2 TIE_RTOL cur`` is never a sweep bit, never the best flip and never
 in its tie band, so the step evaluates exactly only the rows that pass (typically a few thousand of
 1e5), and refreshes in full when more than N / 16 pass; a refresh only needs bounds, so it runs in
-float32 with its rounding error added to them (:class:`_SinglePass`, 3-4x faster). Decisions are those of the reference: the
-same sweeps, flips, rounds, ties and pair moves (``tests/test_kernels_bitflip.py`` checks step
-counts and signs).
+float32 with its rounding error added to them (:class:`_SinglePass`, 3-4x faster). Decisions are
+those of the reference: the same sweeps, flips, rounds, ties and pair moves
+(``tests/test_kernels_bitflip.py`` checks step counts and signs).
 """
 from __future__ import annotations
 
