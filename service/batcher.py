@@ -7,6 +7,10 @@ A small class around per-key queues, in the manner of Ray Serve's ``@serve.batch
 * a batch of one key is flushed when it holds ``max_batch_size`` requests or its oldest request has
   waited ``max_delay_s`` -- and a solver slot is free: while every slot is busy requests keep queueing
   and join the next batch, which is where batching pays off under load;
+* with ``flush_when_idle``, also at once when no batch is computing: waiting for company only pays
+  while the solver is busy anyway, so a lone request at low load goes without the delay (which
+  halved the throughput of one client calling in a loop), and under load the requests that arrive
+  while a batch computes still form the next one;
 * when several keys are ready, the one whose oldest request has waited longest goes first;
 * the batch function returns one result per payload (checked); an exception as a result fails only
   that request, an exception raised by the batch function fails every request of that batch and no
@@ -48,6 +52,7 @@ class _Stats:
     batches: int = 0
     computed: int = 0
     dropped: dict = field(default_factory=lambda: collections.Counter())
+    flushes: dict = field(default_factory=lambda: collections.Counter())  # by reason
 
 
 class Batcher:
@@ -65,12 +70,14 @@ class Batcher:
         Most requests waiting (all keys together); beyond it ``submit`` raises :class:`Overloaded`.
     max_concurrent_batches : int
         Batches computing at once (the solver's worker count).
+    flush_when_idle : bool
+        Flush the oldest key at once, whatever its size, while no batch is computing.
     metrics : ServiceMetrics, optional
-        Records queue depth, queue wait, batch size and dropped requests.
+        Records queue depth, queue wait, batch size, flush reasons and dropped requests.
     """
 
     def __init__(self, run_batch: BatchFn, *, max_batch_size: int, max_delay_s: float, max_queue: int,
-                 max_concurrent_batches: int = 1, metrics=None):
+                 max_concurrent_batches: int = 1, flush_when_idle: bool = False, metrics=None):
         if max_batch_size < 1 or max_queue < 1 or max_concurrent_batches < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size, max_queue and max_concurrent_batches must be >= 1 and "
                              "max_delay_s >= 0")
@@ -78,7 +85,9 @@ class Batcher:
         self.max_batch_size = int(max_batch_size)
         self.max_delay_s = float(max_delay_s)
         self.max_queue = int(max_queue)
+        self.flush_when_idle = bool(flush_when_idle)
         self._metrics = metrics
+        self._computing = 0  # batches handed to run_batch and not finished
         self._pending: dict[Hashable, collections.deque[_Item]] = {}
         self._depth = 0
         self._slots = asyncio.Semaphore(int(max_concurrent_batches))
@@ -187,6 +196,7 @@ class Batcher:
             if batch is None:
                 self._slots.release()
                 return
+            self._computing += 1
             task = asyncio.get_running_loop().create_task(self._run(*batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -197,8 +207,11 @@ class Batcher:
             self._wakeup.clear()
             now = time.monotonic()
             self._expire(now)
-            key = self._ready_key(now)
+            key, reason = self._ready_key(now)
             if key is not None:
+                self.stats.flushes[reason] += 1
+                if self._metrics is not None:
+                    self._metrics.batch_flushes.labels(reason).inc()
                 return key, self._take(key)
             if self._closing and not self._pending:
                 return None
@@ -224,14 +237,24 @@ class Batcher:
                 item.future.exception()  # mark retrieved: the caller may already be gone
 
     def _ready_key(self, now):
+        """``(key, reason)`` of the batch to flush now (the oldest head first), or ``(None, None)``."""
+        idle = self.flush_when_idle and self._computing == 0
         best = None
         for key, queue in self._pending.items():
             head = queue[0].enqueued
-            if (self._draining or len(queue) >= self.max_batch_size
-                    or now - head >= self.max_delay_s):
-                if best is None or head < best[0]:
-                    best = (head, key)
-        return None if best is None else best[1]
+            if len(queue) >= self.max_batch_size:
+                reason = "full"
+            elif now - head >= self.max_delay_s:
+                reason = "delay"
+            elif self._draining:
+                reason = "drain"
+            elif idle:
+                reason = "idle"
+            else:
+                continue
+            if best is None or head < best[0]:
+                best = (head, key, reason)
+        return (None, None) if best is None else best[1:]
 
     def _take(self, key):
         queue = self._pending[key]
@@ -267,5 +290,6 @@ class Batcher:
                 else:
                     item.future.set_result(res)
         finally:
+            self._computing -= 1
             self._slots.release()
             self._wakeup.set()

@@ -90,6 +90,9 @@ FLAGS = (
      "most Fit requests in one solver call (1 disables batching; raise it on a GPU)"),
     ("--max-delay-ms", _non_negative_float, "2",
      "longest the oldest queued request waits for a batch to fill, in milliseconds"),
+    ("--flush-when-idle", _on_off, "on",
+     "send a partial batch at once while no batch is computing (on or off; off: every batch waits "
+     "to fill or for --max-delay-ms)"),
     ("--max-queue", _positive_int, "1024",
      "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
     ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
@@ -144,6 +147,7 @@ class ServeConfig:
     metrics_port: int = 9464
     max_batch_size: int = 16
     max_delay_ms: float = 2.0
+    flush_when_idle: bool = True
     max_queue: int = 1024
     workers: int = 1
     max_concurrent_rpcs: int = 0

@@ -11,6 +11,8 @@ name                                  type       labels                    meani
 ``l1pca_queue_wait_seconds``          histogram                            enqueue to batch start
 ``l1pca_solve_duration_seconds``      histogram  backend, method           one batched solver call
 ``l1pca_batch_size``                  histogram                            requests per solver call
+``l1pca_batch_flushes_total``         counter    reason                    why batches went: full,
+                                                                           delay, idle, drain
 ``l1pca_queue_depth``                 gauge                                requests waiting to batch
 ``l1pca_queue_capacity``              gauge                                --max-queue
 ``l1pca_inflight_requests``           gauge                                calls being handled
@@ -58,6 +60,10 @@ class ServiceMetrics:
         self.batch_size = Histogram(
             "l1pca_batch_size", "Requests per batched solver call.", buckets=BATCH_SIZE_BUCKETS,
             registry=r)
+        self.batch_flushes = Counter(
+            "l1pca_batch_flushes", "Batches sent to the solver, by why they went: full (max batch "
+            "size), delay (the oldest waited max delay), idle (no batch was computing), drain "
+            "(shutdown).", ("reason",), registry=r)
         self.queue_depth = Gauge("l1pca_queue_depth", "Requests waiting in the batching queue.",
                                  registry=r)
         self.inflight = Gauge("l1pca_inflight_requests", "Calls being handled now.", registry=r)
@@ -84,6 +90,8 @@ class ServiceMetrics:
                 self.requests.labels(method, code)
         for reason in ("deadline", "cancelled"):
             self.queue_dropped.labels(reason)
+        for reason in ("full", "delay", "idle", "drain"):
+            self.batch_flushes.labels(reason)
 
     def observe_call(self, method, code, seconds):
         """A finished call (:class:`l1pca.service.errors.StatusInterceptor` calls this)."""

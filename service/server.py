@@ -108,7 +108,8 @@ class L1PCAServer:
                                  "device": self.runner.device})
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size,
                                max_delay_s=cfg.max_delay_ms / 1000.0, max_queue=cfg.max_queue,
-                               max_concurrent_batches=cfg.workers, metrics=self.metrics)
+                               max_concurrent_batches=cfg.workers,
+                               flush_when_idle=cfg.flush_when_idle, metrics=self.metrics)
         self._light = ThreadPoolExecutor(2, thread_name_prefix="l1pca-io")
         info = pb.ServerInfo(version=_version(), backend=self.runner.backend, device=self.runner.device,
                              max_rows=cfg.max_rows, max_cols=cfg.max_cols,

@@ -65,7 +65,7 @@ def test_no_retry_for_a_permanent_error_and_the_code_is_kept(server):
 
 
 def test_resource_exhausted_is_retried_with_backoff():
-    with ServerThread(max_queue=1, max_delay_ms=300) as srv:
+    with ServerThread(max_queue=1, max_delay_ms=300, flush_when_idle=False) as srv:
         async def both():
             async with AsyncClient(srv.target, timeout_s=20,
                                    retry=Retry(initial_s=0.05, maximum_s=0.2)) as client:

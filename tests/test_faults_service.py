@@ -59,7 +59,7 @@ def test_a_simulated_gpu_out_of_memory_reruns_only_its_batch_on_the_cpu():
 
 def test_a_solver_exception_fails_only_its_batch():
     # (tests/test_service_batching.py checks the same with several keys in flight.)
-    with ServerThread(fault_inject="internal_seed=13", max_delay_ms=300) as srv:
+    with ServerThread(fault_inject="internal_seed=13", max_delay_ms=300, flush_when_idle=False) as srv:
         got = _fit_all(srv.target, [11, 13])  # one key: batched together, both fail
         for seed in (11, 13):
             assert isinstance(got[seed], ClientError) and got[seed].code == grpc.StatusCode.INTERNAL
@@ -192,7 +192,7 @@ def test_the_client_carries_its_retries_across_a_server_restart(tmp_path):
 
 
 def test_calls_beyond_the_concurrency_limit_are_shed_at_once():
-    with ServerThread(max_concurrent_rpcs=2, max_delay_ms=1500) as srv:
+    with ServerThread(max_concurrent_rpcs=2, max_delay_ms=1500, flush_when_idle=False) as srv:
         with grpc.insecure_channel(srv.target) as channel:
             call = channel.unary_unary("/l1pca.v1.L1PCA/Fit")
             from l1pca.client import wire

@@ -1,6 +1,7 @@
 """Dynamic batching against a real server: batches form, answers equal the unbatched ones, a failed
 batch fails only its own requests, a device failure re-runs the batch on the CPU."""
 import asyncio
+import time
 
 import grpc
 import numpy as np
@@ -75,7 +76,7 @@ def test_jax_batches_equal_the_direct_call_and_the_unbatched_answer(jax_server):
 
 def test_a_failed_batch_fails_only_its_own_requests():
     # Seed 666 makes its batch raise an unexpected error (fault injection, tests only).
-    with ServerThread(max_delay_ms=300, fault_inject="internal_seed=666") as srv:
+    with ServerThread(max_delay_ms=300, flush_when_idle=False, fault_inject="internal_seed=666") as srv:
         X = _data(0)
         jobs = [(X, 1, 666), (X, 1, 1), (X, 2, 2), (_data(1, n=40, d=12), 1, 3)]
         results = asyncio.run(_fit_all(srv.target, jobs))
@@ -90,7 +91,7 @@ def test_a_failed_batch_fails_only_its_own_requests():
 def test_a_bad_matrix_found_by_the_solver_fails_alone():
     rng = np.random.default_rng(0)
     small, huge = rng.normal(size=(40, 3)), rng.normal(size=(60, 8))  # same bucket, K=2
-    with ServerThread(max_delay_ms=300) as srv:
+    with ServerThread(max_delay_ms=300, flush_when_idle=False) as srv:
         results = asyncio.run(_fit_all(srv.target, [(small, 2, 0), (huge, 2, 0), (small, 2, 1)],
                                        method="exact"))
         assert isinstance(results[1], ClientError)
@@ -113,3 +114,48 @@ def test_a_device_failure_reruns_the_batch_on_the_cpu(caplog):
         np.testing.assert_array_equal(model.components, est.components_)
         assert model.backend == "numpy"
     assert any("re-running it on the CPU" in r.getMessage() for r in caplog.records)
+
+
+def test_an_idle_solver_takes_a_partial_batch_at_once_and_a_busy_one_lets_it_fill():
+    """--flush-when-idle (the default): a lone request is not held for --max-delay-ms while nothing
+    computes; requests that arrive while a batch computes queue and go together when it ends."""
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((30000, 30))  # a solve of about half a second, another shape bucket
+    big[:600] *= 20.0
+    small = [(_data(i), 1, i) for i in range(10)]
+    with ServerThread(max_batch_size=16, max_delay_ms=5000) as srv:
+        with Client(srv.target, timeout_s=30) as client:
+            t0 = time.perf_counter()
+            client.fit(_data(99), 1, seed=0)
+            assert time.perf_counter() - t0 < 2.5  # not the 5 s delay
+
+        async def load():
+            async with AsyncClient(srv.target, timeout_s=60) as client:
+                slow = asyncio.ensure_future(client.fit(big, 1, seed=0))
+                while value(srv.metrics(), "l1pca_batch_size_count") < 2:  # the big one computes
+                    await asyncio.sleep(0.005)
+                fast = await asyncio.gather(*(client.fit(X, K, seed=s) for X, K, s in small))
+                return await slow, fast
+
+        t0 = time.perf_counter()
+        _, models = asyncio.run(load())
+        assert time.perf_counter() - t0 < 4.5  # nothing waited for the delay
+        m = srv.metrics()
+    assert value(m, "l1pca_batch_size_count") == 3  # the lone one, the big one, the ten together
+    assert value(m, "l1pca_batch_size_sum") == 12
+    assert value(m, "l1pca_batch_flushes_total", reason="idle") == 3
+    assert value(m, "l1pca_batch_flushes_total", reason="delay") == 0
+    for (X, K, seed), model in zip(small, models):
+        est = L1PCA(K, random_state=seed, backend="numpy").fit(X)
+        np.testing.assert_array_equal(model.components, est.components_)
+
+
+def test_without_idle_flush_a_partial_batch_waits_for_the_delay():
+    with ServerThread(max_delay_ms=600, flush_when_idle=False) as srv, \
+            Client(srv.target, timeout_s=30) as client:
+        t0 = time.perf_counter()
+        client.fit(_data(0), 1, seed=0)
+        assert time.perf_counter() - t0 >= 0.6
+        m = srv.metrics()
+        assert value(m, "l1pca_batch_flushes_total", reason="delay") == 1
+        assert value(m, "l1pca_batch_flushes_total", reason="idle") == 0

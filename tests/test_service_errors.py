@@ -111,7 +111,7 @@ def test_bad_transform_and_score_input(stub):
 
 
 def test_a_deadline_shorter_than_the_queue_wait_is_never_computed():
-    with ServerThread(max_delay_ms=1500) as srv, Client(srv.target, retry=None) as client:
+    with ServerThread(max_delay_ms=1500, flush_when_idle=False) as srv, Client(srv.target, retry=None) as client:
         t0 = time.perf_counter()
         with pytest.raises(ClientError) as err:
             client.fit(X, 1, timeout_s=0.3)
@@ -127,7 +127,7 @@ def test_a_deadline_shorter_than_the_queue_wait_is_never_computed():
 
 
 def test_a_full_queue_answers_resource_exhausted_at_once():
-    with ServerThread(max_queue=2, max_delay_ms=1500) as srv:
+    with ServerThread(max_queue=2, max_delay_ms=1500, flush_when_idle=False) as srv:
         with grpc.insecure_channel(srv.target) as channel:
             stub = pb_grpc.L1PCAStub(channel)
             waiting = [stub.Fit.future(_fit(), timeout=20) for _ in range(2)]
@@ -142,7 +142,7 @@ def test_a_full_queue_answers_resource_exhausted_at_once():
 
 
 def test_a_cancelled_call_leaves_the_queue():
-    with ServerThread(max_delay_ms=2000) as srv:
+    with ServerThread(max_delay_ms=2000, flush_when_idle=False) as srv:
         with grpc.insecure_channel(srv.target) as channel:
             stub = pb_grpc.L1PCAStub(channel)
             call = stub.Fit.future(_fit(), timeout=20)

@@ -104,7 +104,8 @@ def test_metrics_are_consistent_with_the_calls_made():
 
 
 def test_sigterm_finishes_every_request_in_flight_and_exits_0(tmp_path):
-    proc, port, mport = start_subprocess_server(tmp_path, "--max-delay-ms", "1500", "--grace-s", "20")
+    proc, port, mport = start_subprocess_server(tmp_path, "--max-delay-ms", "1500",
+                                                "--flush-when-idle", "off", "--grace-s", "20")
     try:
         target = f"127.0.0.1:{port}"
         results, errors = [], []
