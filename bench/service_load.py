@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     # name: extra `l1pca serve` flags
     "batched": ["--max-batch-size", "16", "--max-delay-ms", "2"],  # the defaults
+    "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
     "unbatched": ["--max-batch-size", "1"],
     "numpy-unbatched": ["--max-batch-size", "1", "--backend", "numpy"],
 }
