@@ -8,11 +8,14 @@ imports with no CuPy and no GPU.
 
 * a usable GPU first: JAX on the GPU for batches (one ``vmap``-ed launch), CuPy for single matrices
   (no compile per shape), whichever of the two is present otherwise;
-* on the CPU, JAX once its program for the shape bucket is compiled in this process (the service's
-  warm-up compiles its buckets; a compiled ``while_loop`` beats NumPy's Python loop per flip at every
-  batch size, see ``bench/results/solver_speed.md``), and for batches of at least
-  :data:`JAX_MIN_BATCH` matrices, where the compile pays for itself at once; NumPy otherwise, since a
-  one-off compile (about a second) costs more than a small NumPy solve.
+* on the CPU, for K <= :data:`JAX_CPU_MAX_COMPONENTS`: JAX once its program for the shape bucket is
+  compiled in this process (the service's warm-up compiles its buckets; a compiled ``while_loop``
+  beats NumPy's Python loop per flip at every batch size, see ``bench/results/solver_speed.md``), and
+  for batches of at least :data:`JAX_MIN_BATCH` matrices, where the compile pays for itself at once;
+  NumPy otherwise, since a one-off compile (about a second) costs more than a small NumPy solve;
+* on the CPU for K >= 3: NumPy. Each JAX step solves a K x K eigenvalue problem for every bit,
+  where NumPy's bounded selection solves a few; NumPy was 2-26x faster on every bucket measured
+  (64 matrices 16 x 4 with K = 3: 0.95 s against 2.0 s; 16 matrices 200 x 10: 0.71 s against 18 s).
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ import os
 
 JAX_MIN_BATCH = 16
 """Smallest batch (per shape bucket) sent to JAX on the CPU by ``backend="auto"``."""
+
+JAX_CPU_MAX_COMPONENTS = 2
+"""Largest K that ``backend="auto"`` runs on JAX on the CPU."""
 
 FORCE_CPU_ENV = "L1PCA_FORCE_CPU"
 """Set to 1 to ignore any GPU (the service's CPU fallback and tests use it)."""
@@ -76,9 +82,11 @@ def device_description() -> str:
     return "cpu"
 
 
-def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = False) -> str:
-    """The backend that will run ``method`` for a bucket of ``batch_size`` equal-shaped problems;
-    ``compiled`` says whether JAX already holds the compiled program for that bucket."""
+def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = False,
+            n_components: int = 1) -> str:
+    """The backend that will run ``method`` for a bucket of ``batch_size`` equal-shaped problems
+    with K = ``n_components``; ``compiled`` says whether JAX already holds the compiled program for
+    that bucket."""
     if method != "bitflip":
         if backend not in ("auto", "numpy"):
             raise ValueError(
@@ -95,4 +103,6 @@ def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = Fal
         if batch_size > 1 and "jax" in gpus:
             return "jax"
         return "cupy" if "cupy" in gpus else "jax"
+    if n_components > JAX_CPU_MAX_COMPONENTS:
+        return "numpy"
     return "jax" if compiled or batch_size >= JAX_MIN_BATCH else "numpy"

@@ -267,7 +267,8 @@ def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, 
     for shape, idx in buckets.items():
         compiled = _jax_compiled((jax_batch_size(len(idx)), *shape, K, n_init, bool(warm_start),
                                  bool(pair_moves)))
-        name = backends.resolve(backend, method, batch_size=len(idx), compiled=compiled)
+        name = backends.resolve(backend, method, batch_size=len(idx), compiled=compiled,
+                                n_components=K)
         if name == "jax":
             outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K,
                                 max_flips, tol, warm_start, pair_moves)

@@ -15,12 +15,17 @@ def test_auto_on_cpu_picks_numpy_for_single_and_jax_for_batches(monkeypatch):
     assert backends.resolve("auto", "bitflip", backends.JAX_MIN_BATCH - 1) == "numpy"
     assert backends.resolve("auto", "bitflip", backends.JAX_MIN_BATCH) == "jax"
     assert backends.resolve("auto", "exact", 100) == "numpy"
+    # K >= 3 stays on NumPy on the CPU (bounded selection), even where JAX is compiled.
+    assert backends.resolve("auto", "bitflip", backends.JAX_MIN_BATCH, n_components=2) == "jax"
+    assert backends.resolve("auto", "bitflip", backends.JAX_MIN_BATCH, compiled=True,
+                            n_components=3) == "numpy"
     assert backends.device_description() == "cpu"
     rng = np.random.default_rng(0)
     Xs = [rng.standard_normal((20, 5)) for _ in range(backends.JAX_MIN_BATCH)]
     # n_init=5 keys programs no other test compiles.
     assert {r.backend for r in solve_batch(Xs, 1, random_state=0, n_init=5)} == {"jax"}
     assert solve(Xs[0], 1, n_init=5).backend == "numpy"  # a batch of one is another program
+    assert {r.backend for r in solve_batch(Xs, 3, random_state=0, n_init=2)} == {"numpy"}
 
 
 def test_auto_uses_jax_once_the_bucket_is_compiled(monkeypatch):
