@@ -7,7 +7,10 @@ The service does no arithmetic: a batch of fit requests becomes one
   CuPy on a GPU, else JAX on the CPU (logged, and exported in the ``l1pca_build_info`` metric). The
   backend is fixed for the life of the server, so an answer never depends on which requests shared
   its batch (the kernels' own ``"auto"`` picks NumPy or JAX by batch size, and L1-BF's answer can
-  differ between the two in the last bits, hence in the local optimum it ends on).
+  differ between the two in the last bits, hence in the local optimum it ends on). One exception,
+  by K alone (part of the batch key, so still never by batch-mates): with ``"auto"`` on the CPU,
+  K >= 3 runs on NumPy, whose bounded selection was 2-26x faster than JAX's eigenvalue problem per
+  bit (:data:`l1pca.kernels.backends.JAX_CPU_MAX_COMPONENTS`).
 * JAX compiles one program per stacked shape; the kernels pad a batch to a power of two, and
   :meth:`SolverRunner.warm_up` compiles those sizes (:func:`batch_ladder`) for the common shape
   buckets before the server reports SERVING.
@@ -137,6 +140,7 @@ class SolverRunner:
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
                  fault_inject=None, sharded_min_rows=0):
         self.backend, self.device, self.on_gpu = select_backend(backend)
+        self._auto_cpu = backend == "auto" and not self.on_gpu
         self.sharded_min_rows = int(sharded_min_rows)
         self.batch_sizes = batch_ladder(max_batch_size)
         if self.backend == "jax":
@@ -196,7 +200,7 @@ class SolverRunner:
 
         Runs in a solver thread.
         """
-        backend = self._backend_for(key.method)
+        backend = self._backend_for(key.method, key.n_components)
         try:
             return self._attempt(key, payloads, backend, inject=True)
         except Exception as exc:
@@ -213,8 +217,12 @@ class SolverRunner:
                 return self._one_by_one(key, payloads, backend, exc)
             raise
 
-    def _backend_for(self, method):
-        return self.backend if method == "bitflip" else "numpy"
+    def _backend_for(self, method, n_components):
+        if method != "bitflip":
+            return "numpy"
+        if self._auto_cpu and n_components > backends.JAX_CPU_MAX_COMPONENTS:
+            return "numpy"
+        return self.backend
 
     def _one_by_one(self, key, payloads, backend, exc):
         """After a batch failed on input: each request alone, so that a bad one fails alone."""
@@ -260,9 +268,9 @@ class SolverRunner:
         core count, at most 4). Blocks until done; the server calls it in a solver thread before it
         reports SERVING. Returns the number of solver calls made.
         """
-        sizes = self.batch_sizes if self.backend == "jax" else (1,)
         tasks = [(rows, cols, K, b) for rows, cols in shapes for K in components
-                 if K <= min(rows, cols) for b in sizes]
+                 if K <= min(rows, cols)
+                 for b in (self.batch_sizes if self._backend_for("bitflip", K) == "jax" else (1,))]
 
         def one(task):
             rows, cols, K, b = task
@@ -270,7 +278,7 @@ class SolverRunner:
                 return 0
             X = np.random.default_rng(rows * 7919 + cols).standard_normal((rows, cols))
             t0 = time.perf_counter()
-            fit_many([X] * b, K, n_init=n_init, seeds=[0] * b, backend=self.backend)
+            fit_many([X] * b, K, n_init=n_init, seeds=[0] * b, backend=self._backend_for("bitflip", K))
             log.info("warm-up: %dx%d K=%d batch=%d in %.2f s", rows, cols, K, b,
                      time.perf_counter() - t0)
             return 1

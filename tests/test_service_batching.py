@@ -159,3 +159,17 @@ def test_without_idle_flush_a_partial_batch_waits_for_the_delay():
         m = srv.metrics()
         assert value(m, "l1pca_batch_flushes_total", reason="delay") == 1
         assert value(m, "l1pca_batch_flushes_total", reason="idle") == 0
+
+
+def test_auto_on_the_cpu_serves_k_of_3_or_more_on_numpy():
+    """--backend auto resolves to JAX on the CPU, but K >= 3 batches run on NumPy (many times faster
+    there); the choice depends on K only, so answers still never depend on batch-mates."""
+    jobs = [(_data(i, n=24, d=6), 3, i) for i in range(6)]
+    with ServerThread(backend="auto", warmup_shapes=(), max_delay_ms=50) as srv:
+        assert srv.server.runner.backend == "jax"
+        models = asyncio.run(_fit_all(srv.target, jobs))
+    for (X, K, seed), model in zip(jobs, models):
+        assert not isinstance(model, Exception), model
+        assert model.backend == "numpy"
+        est = L1PCA(K, random_state=seed, backend="numpy").fit(X)
+        np.testing.assert_array_equal(model.components, est.components_)
