@@ -10,18 +10,13 @@ Sign decisions compare sums of many products, and float32 would make near-ties f
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
 METHODS = ("bitflip", "exact", "l2", "fixed-point", "non-greedy")
 BACKENDS = ("auto", "numpy", "jax", "cupy")
-
-
-def peak_magnitude(arr):
-    """``max |x|`` of a float array without the temporary that ``np.abs(arr).max()`` allocates
-    (two reductions over the data instead of three passes and an N x D copy)."""
-    return max(float(arr.max()), -float(arr.min()))
 
 
 def check_matrix(X, *, name="X"):
@@ -33,6 +28,15 @@ def check_matrix(X, *, name="X"):
         If ``X`` is not numeric (complex, object, strings).
     ValueError
         If ``X`` is not 2-D, is empty, or holds NaN or infinity.
+    """
+    return check_matrix_peak(X, name=name)[0]
+
+
+def check_matrix_peak(X, *, name="X"):
+    """:func:`check_matrix`, and ``max |x|`` found on the way: ``(array, peak)``.
+
+    Two reductions over the data do both checks: the largest and the smallest entry are finite
+    exactly when every entry is (NaN propagates through both), and they give the peak.
     """
     if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith(("jax", "jaxlib")):
         # Device arrays are brought to the host here; the solvers move them back where they run.
@@ -49,20 +53,21 @@ def check_matrix(X, *, name="X"):
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one sample and one feature; got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
+    hi, lo = float(arr.max()), float(arr.min())
+    if not (math.isfinite(hi) and math.isfinite(lo)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
             f"{name} must be finite; found {arr[tuple(bad)]} at row {bad[0]}, column {bad[1]}"
         )
     # Values near the float64 limit overflow in the Gram matrix; refuse them with a message rather
     # than return NaN components.
-    peak = peak_magnitude(arr)
+    peak = max(hi, -lo)
     if peak > 1e150:
         raise ValueError(
             f"{name} has entries of magnitude {peak:.3g}; the solvers need |x| <= 1e150 "
             "(rescale the data, the components do not change)"
         )
-    return arr
+    return arr, peak
 
 
 def check_n_components(n_components, n_samples, n_features):

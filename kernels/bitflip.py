@@ -355,7 +355,8 @@ def bitflip_search(Y, B0, *, max_flips=None, tol=DEFAULT_TOL, warm_start=True, p
     Parameters
     ----------
     Y : array (d, N), float64
-        Reduced data (:func:`l1pca.kernels.reduce.reduce_rank`).
+        The data as the search sees it (:func:`l1pca.kernels.reduce.search_data`: ``X^T`` itself
+        for N >= D, else :func:`l1pca.kernels.reduce.reduce_rank`'s factor); only ``Y^T Y`` matters.
     B0 : array (N, K) of +-1
         Start.
     max_flips : int, optional

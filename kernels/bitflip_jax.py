@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .bitflip import best_pair, candidate_gains, gram_nuclear, select_flip, sweep_mask
-from .reduce import l2_start_matrix, reduce_rank, sign
+from .reduce import search_data, sign
 
 # Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps
 # its own cache; this mirror of it lets backend="auto" prefer JAX where no compile is pending,
@@ -141,8 +141,8 @@ def search(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
 def _solve_one(X, G, max_flips, tol, warm_start: bool, pair_moves: bool):
     """All starts of one problem: the L2 start then ``sgn(X g)`` for each Gaussian draw in G."""
     K = G.shape[-1]
-    Y = reduce_rank(X, jnp)
-    l2 = l2_start_matrix(Y, K, jnp)[None]
+    Y, l2 = search_data(X, jnp)
+    l2 = jnp.repeat(l2[:, None], K, axis=1)[None]  # the paper's L2 start (l2_start_matrix)
     starts = jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
     B, val, flips, conv = jax.vmap(search, in_axes=(None, 0, None, None, None, None))(
         Y, starts, max_flips, tol, warm_start, pair_moves

@@ -48,7 +48,7 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
     A = Y @ B
     C = A.T @ A
     refresh_at = max(256, N // 16)  # more candidate rows than this: one full pass is cheaper
-    single = _SinglePass(Yt, r) if Yt.size * 4 <= SINGLE_PASS_MAX_BYTES else None
+    single, refreshes = None, 0  # the float32 copy costs about 4 refreshes: made at the third
     everything = np.arange(N)
     flipped = np.zeros((N, K), dtype=bool)
     screen = None
@@ -61,6 +61,9 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
         else:
             rows = None if screen is None else screen.rows(A, R, cur)
             if rows is None or rows.size > refresh_at:
+                refreshes += 1
+                if single is None and refreshes == 3 and Yt.size * 4 <= SINGLE_PASS_MAX_BYTES:
+                    single = _SinglePass(Yt, r)
                 screen = _Screen(A, R, B, g, r, Yt, single)
                 rows = screen.rows(A, R, cur)
             P = Yt[rows] @ A  # exact for every row that matters

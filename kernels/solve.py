@@ -20,8 +20,7 @@ from ._validation import (
     METHODS,
     BACKENDS,
     check_choice,
-    check_matrix,
-    peak_magnitude,
+    check_matrix_peak,
     check_n_components,
     check_positive_int,
     check_random_state,
@@ -29,7 +28,7 @@ from ._validation import (
 from .baselines import fixed_point_greedy, fixed_point_nongreedy, l2_pca
 from .bitflip import DEFAULT_TOL, bitflip_search, default_max_flips
 from .exact import MAX_CANDIDATES, exact_search
-from .reduce import l2_start_matrix, procrustes, reduce_rank, sign
+from .reduce import procrustes, reduce_rank, search_data, sign
 
 DEFAULT_N_INIT = 8
 """Starts of L1-BF: the L2-PCA start and seven random ones (``bench/optimality.py`` shows why)."""
@@ -221,7 +220,8 @@ def _rngs(random_state, count):
 def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_flips, tol,
                 warm_start, pair_moves, max_candidates, names, progress=None):
     _check_options(method, n_init, backend, max_flips, tol, max_candidates)
-    mats = [check_matrix(X, name=name) for X, name in zip(Xs, names)]
+    checked = [check_matrix_peak(X, name=name) for X, name in zip(Xs, names)]
+    mats = [X for X, _ in checked]
     for X in mats:
         check_n_components(n_components, *X.shape)
     K = int(n_components)
@@ -233,7 +233,7 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     # denormals) from overflowing or underflowing. Inside that range the division would change no
     # bit of any decision (every quantity the solvers compare is homogeneous in X and a power of two
     # commutes with rounding), so large matrices are not copied for it.
-    scales = [_pow2_scale(X) for X in mats]
+    scales = [_pow2_scale(peak) for _, peak in checked]
     mats = [X if sc == 1.0 else X / sc for X, sc in zip(mats, scales)]
     results = _solve_scaled(mats, K, method=method, n_init=n_init, backend=backend,
                             random_state=random_state, max_flips=max_flips, tol=tol,
@@ -242,8 +242,7 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     return [replace(res, objective=res.objective * sc) for res, sc in zip(results, scales)]
 
 
-def _pow2_scale(X):
-    peak = peak_magnitude(X)
+def _pow2_scale(peak):
     if peak == 0.0 or 2.0 ** -64 <= peak < 2.0 ** 64:
         return 1.0
     return float(2.0 ** np.floor(np.log2(peak)))
@@ -315,8 +314,8 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, pair_moves, name, tick):
     else:
         xp = np
     Xd = xp.asarray(X)
-    Y = reduce_rank(Xd, xp)
-    starts = [l2_start_matrix(Y, K, xp)]
+    Y, l2 = search_data(Xd, xp)
+    starts = [xp.repeat(l2[:, None], K, axis=1)]  # the paper's L2 start (l2_start_matrix)
     starts += [sign(Xd @ xp.asarray(g), xp) for g in G]
     best, flips = None, 0
     for B0 in starts:

@@ -104,3 +104,22 @@ def test_rank_reduction_preserves_the_metric_both_orientations():
         # Rows by decreasing singular value: the first row is s_1 v_1^T.
         norms = np.linalg.norm(Y, axis=1)
         assert np.all(np.diff(norms) <= 1e-9)
+
+
+def test_search_data_has_the_gram_of_x_and_the_l2_start_both_orientations():
+    """L1-BF searches on ``search_data(X)``: ``X^T`` itself when N >= D (no rotation), the reduced
+    factor when N < D; either way ``Y^T Y = X X^T`` and the start is the sign of the projections on
+    the dominant right singular vector (fixed up to a global sign, as the singular vector)."""
+    from l1pca.kernels.reduce import search_data
+
+    rng = np.random.default_rng(8)
+    for shape in [(40, 5), (5, 40), (7, 7)]:
+        X = rng.standard_normal(shape) * np.linspace(3.0, 1.0, shape[1])
+        Y, s = search_data(X)
+        assert Y.shape == (min(shape), shape[0])
+        np.testing.assert_allclose(Y.T @ Y, X @ X.T, atol=1e-10)
+        if shape[0] >= shape[1]:
+            assert np.shares_memory(Y, X)  # a view: no copy of the data
+        v = np.linalg.svd(X, full_matrices=False)[0][:, 0]  # left vector: X v_1 / s_1
+        expected = np.where(v >= 0, 1.0, -1.0)
+        assert np.array_equal(s, expected) or np.array_equal(s, -expected)
