@@ -1,9 +1,11 @@
 """Load generator for the l1pca service, in the manner of Triton's perf_analyzer.
 
-For each server configuration (batching on, batching off with ``--max-batch-size 1``, ...) it starts
-``l1pca serve`` on loopback ports, waits for SERVING (warm-up compiles the benchmark's shape bucket),
-then for each concurrency level runs a fixed number of ``Fit`` requests from an asyncio gRPC client
-(``concurrency`` requests always in flight) and reports:
+It starts ``l1pca serve`` once per server configuration (batching on, batching off with
+``--max-batch-size 1``, ...) on loopback ports, all at once, waits for SERVING (warm-up compiles the
+benchmark's shape bucket), then for each concurrency level runs a fixed number of ``Fit`` requests
+against each server from an asyncio gRPC client (``concurrency`` requests always in flight), in
+``--rounds`` rounds that take the servers in turn (the others idle meanwhile), so that configurations
+are compared side by side on a machine whose speed drifts. It reports:
 
 * client side: throughput (requests/s) and p50 / p90 / p99 latency;
 * server side, from ``/metrics`` deltas (per request, means): time in the server, queue wait,
@@ -121,12 +123,49 @@ async def run_level(target, pool, K, concurrency, n_requests, timeout_s):
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {
-        "concurrency": concurrency, "requests": n_requests, "ok": len(latencies), "errors": errors,
-        "wall_s": wall, "throughput_rps": len(latencies) / wall,
-        "p50_ms": 1e3 * _percentile(latencies, 50), "p90_ms": 1e3 * _percentile(latencies, 90),
-        "p99_ms": 1e3 * _percentile(latencies, 99),
-    }
+    return {"latencies": latencies, "errors": errors, "wall_s": wall}
+
+
+def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):
+    """One concurrency level for every server, side by side: ``rounds`` runs each, the servers taken
+    in turn (the order rotating each round), so that a change in the machine's speed during the level
+    (other jobs) falls on every configuration alike. Returns one result dict per server name."""
+    names = list(servers)
+    per_run = max(-(-n_requests // rounds), 2 * concurrency)  # at least 2 requests per slot per run
+    acc = {n: {"lat": [], "wall": 0.0, "errors": {}, "server_cpu": 0.0, "client_cpu": 0.0,
+               "load": 0.0} for n in names}
+    for name in names:  # warm the client and the batch ladder at this concurrency
+        asyncio.run(run_level(servers[name][1], pool, K, concurrency, max(2 * concurrency, 50),
+                              timeout_s))
+    before = {n: scrape(servers[n][2]) for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            proc, target, _ = servers[name]
+            cpu0, client0 = cpu_seconds(proc.pid) if proc else float("nan"), time.process_time()
+            load0 = os.getloadavg()[0]
+            run = asyncio.run(run_level(target, pool, K, concurrency, per_run, timeout_s))
+            a = acc[name]
+            a["server_cpu"] += (cpu_seconds(proc.pid) if proc else float("nan")) - cpu0
+            a["client_cpu"] += time.process_time() - client0
+            a["load"] = max(a["load"], load0, os.getloadavg()[0])
+            a["lat"] += run["latencies"]
+            a["wall"] += run["wall_s"]
+            for code, count in run["errors"].items():
+                a["errors"][code] = a["errors"].get(code, 0) + count
+    out = {}
+    for name in names:
+        a, total = acc[name], per_run * rounds
+        level = {"concurrency": concurrency, "requests": total, "rounds": rounds, "ok": len(a["lat"]),
+                 "errors": a["errors"], "wall_s": a["wall"], "throughput_rps": len(a["lat"]) / a["wall"],
+                 "p50_ms": 1e3 * _percentile(a["lat"], 50), "p90_ms": 1e3 * _percentile(a["lat"], 90),
+                 "p99_ms": 1e3 * _percentile(a["lat"], 99)}
+        # This server idled while the others ran, so its counters moved for its own runs only.
+        level.update(server_breakdown(before[name], scrape(servers[name][2]), total))
+        level["server_cpu_ms_per_req"] = 1e3 * a["server_cpu"] / total
+        level["client_cpu_ms_per_req"] = 1e3 * a["client_cpu"] / total
+        level["load_avg_1m"] = a["load"]
+        out[name] = level
+    return out
 
 
 def start_server(flags, shape, K, log_path):
@@ -174,7 +213,9 @@ def main(argv=None):
     p.add_argument("--configs", default="batched,unbatched,numpy-unbatched",
                    help=f"server configurations to run, from {', '.join(CONFIGS)}")
     p.add_argument("--concurrency", default="1,4,16,64,256", help="comma-separated levels")
-    p.add_argument("--requests", type=int, default=1000, help="Fit requests per level")
+    p.add_argument("--requests", type=int, default=1000, help="Fit requests per level and server")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="runs per level and server, the servers taken in turn (side by side)")
     p.add_argument("--shape", default="64x16", help="ROWSxCOLS of each matrix")
     p.add_argument("-k", "--n-components", type=int, default=2)
     p.add_argument("--timeout-s", type=float, default=120.0)
@@ -191,41 +232,34 @@ def main(argv=None):
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version(), "gpu": None},
                "shape": [rows, cols], "n_components": K, "requests_per_level": args.requests,
+               "rounds": args.rounds,
                "configs": {}}
-    for name in configs:
-        if args.target:
-            proc, target, mport = None, args.target, args.metrics_port
-        else:
-            log_path = Path(tempfile.gettempdir()) / f"l1pca-bench-{name}.log"
-            proc, target, mport = start_server(CONFIGS[name], (rows, cols), K, log_path)
-        try:
+    servers, info = {}, {}
+    try:
+        for name in configs:  # every server up front: they idle while another is measured
+            if args.target:
+                servers[name] = (None, args.target, args.metrics_port)
+            else:
+                log_path = Path(tempfile.gettempdir()) / f"l1pca-bench-{name}.log"
+                servers[name] = start_server(CONFIGS[name], (rows, cols), K, log_path)
             from l1pca.client import Client
 
-            with Client(target) as c:
-                info = c.server_info()
-            results["machine"]["gpu"] = None if info.device == "cpu" else info.device
-            rows_out = []
-            for conc in levels:
-                # Warm the client and the batch ladder at this concurrency, then measure.
-                asyncio.run(run_level(target, pool, K, conc, max(2 * conc, 50), args.timeout_s))
-                before = scrape(mport)
-                cpu0 = (cpu_seconds(proc.pid) if proc else float("nan"), time.process_time())
-                load0 = os.getloadavg()[0]
-                level = asyncio.run(run_level(target, pool, K, conc, args.requests, args.timeout_s))
-                level.update(server_breakdown(before, scrape(mport), args.requests))
-                level["server_cpu_ms_per_req"] = 1e3 * ((cpu_seconds(proc.pid) if proc else float("nan"))
-                                                        - cpu0[0]) / args.requests
-                level["client_cpu_ms_per_req"] = 1e3 * (time.process_time() - cpu0[1]) / args.requests
-                level["load_avg_1m"] = max(load0, os.getloadavg()[0])
-                rows_out.append(level)
+            with Client(servers[name][1]) as c:
+                info[name] = c.server_info()
+            results["machine"]["gpu"] = None if info[name].device == "cpu" else info[name].device
+            results["configs"][name] = {"flags": CONFIGS.get(name, []), "backend": info[name].backend,
+                                        "device": info[name].device, "levels": []}
+        for conc in levels:
+            measured = measure_level(servers, pool, K, conc, args.requests, args.rounds, args.timeout_s)
+            for name, level in measured.items():
+                results["configs"][name]["levels"].append(level)
                 print(f"{name:16s} c={conc:4d} {level['throughput_rps']:8.1f} req/s  p50 "
                       f"{level['p50_ms']:7.2f} p90 {level['p90_ms']:7.2f} p99 {level['p99_ms']:7.2f} ms"
                       f"  batch {level['mean_batch']:5.1f}  queue {level['queue_ms']:6.2f} solve "
                       f"{level['solve_ms']:6.2f} other {level['overhead_ms']:6.2f} ms  "
                       f"errors {level['errors'] or 0}", flush=True)
-            results["configs"][name] = {"flags": CONFIGS.get(name, []), "backend": info.backend,
-                                        "device": info.device, "levels": rows_out}
-        finally:
+    finally:
+        for name, (proc, _, _) in servers.items():
             if proc is not None:
                 results["configs"][name]["exit_status"] = stop_server(proc)
     out = Path(args.out)
@@ -246,7 +280,10 @@ def render_markdown(results):
         "(loopback), so they share the cores.",
         f"Workload: `Fit` of {results['shape'][0]} x {results['shape'][1]} float64 matrices, "
         f"K={results['n_components']}, default options, {results['requests_per_level']} requests "
-        "per concurrency level after a warm-up pass.",
+        "per concurrency level and server (at least 2 per slot in each round) after a warm-up "
+        "pass. Every server runs at once and idles while another is measured; each level runs in "
+        f"{results.get('rounds', 1)} rounds taking the servers in turn, so the ratios between servers "
+        "are measured side by side, not minutes apart.",
         "",
         "Server-side columns are means per request from `/metrics` deltas: time in the server, queue "
         "wait, the solver call of its batch, and the rest (decode, checks, encode, gRPC). CPU columns: "
