@@ -43,8 +43,9 @@ class _IdleRule:
     1 and n - 1 (18% less throughput at 4 clients on the 2-core box, ``bench/results``). So each batch
     votes: after a flush at once, requests that arrived within ``window_s`` while it computed say
     that waiting would have gathered them (+1), none say it would not (-1); a batch that waited the
-    whole delay votes +1 if it gathered company and -1 if it went alone. The score is kept in
-    [-3, 3], and flushing at once is allowed while it is at most 0 (so at first).
+    whole delay from an idle solver votes +1 if it gathered company and -1 if it went alone (one that
+    waited behind a busy solver says nothing about company). The score is kept in [-3, 3], and
+    flushing at once is allowed while it is at most 0 (so at first).
     """
 
     LIMIT = 3
@@ -61,10 +62,10 @@ class _IdleRule:
         if self._probe is not None and now <= self._probe[0]:
             self._probe[1] += 1
 
-    def flushed(self, reason: str, size: int, now: float):
+    def flushed(self, reason: str, size: int, now: float, head_came_to_idle: bool):
         if reason == "idle":
             self._probe = [now + self.window_s, 0]
-        elif reason == "delay":
+        elif reason == "delay" and head_came_to_idle:
             self._vote(size > 1)
 
     def idle_batch_done(self):
@@ -86,6 +87,7 @@ class _Item:
     abandoned: bool = False  # the caller stopped waiting (deadline, cancel): do not set its future
     taken: bool = False  # in a batch being computed
     dropped: bool = False  # left the queue uncomputed
+    came_to_idle: bool = False  # no batch was computing when it arrived
 
 
 @dataclass
@@ -168,6 +170,7 @@ class Batcher:
         now = time.monotonic()
         item = _Item(key, payload, loop.create_future(), now,
                      None if timeout_s is None else now + max(0.0, timeout_s))
+        item.came_to_idle = self._computing == 0
         self._pending.setdefault(key, collections.deque()).append(item)
         self._idle_rule.arrived(now)
         self._set_depth(self._depth + 1)
@@ -258,7 +261,7 @@ class Batcher:
                 if self._metrics is not None:
                     self._metrics.batch_flushes.labels(reason).inc()
                 items = self._take(key)
-                self._idle_rule.flushed(reason, len(items), now)
+                self._idle_rule.flushed(reason, len(items), now, items[0].came_to_idle)
                 return key, items, reason
             if self._closing and not self._pending:
                 return None

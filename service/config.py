@@ -91,8 +91,8 @@ FLAGS = (
     ("--max-delay-ms", _non_negative_float, "2",
      "longest the oldest queued request waits for a batch to fill, in milliseconds"),
     ("--flush-when-idle", _on_off, "on",
-     "send a partial batch at once while no batch is computing (on or off; off: every batch waits "
-     "to fill or for --max-delay-ms)"),
+     "send a partial batch at once while no batch is computing, unless recent batches showed that "
+     "waiting gathers batch-mates (on or off; off: every batch waits to fill or for --max-delay-ms)"),
     ("--max-queue", _positive_int, "1024",
      "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
     ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
