@@ -348,10 +348,26 @@ def _notes(results):
         "The service adds little on top (see `other ms`). A GPU runs the lanes in parallel.",
         "* `numpy-unbatched` is one NumPy solve per request (what a direct `solve(X)` runs on the "
         "CPU for one matrix); the batched JAX service is compared with it too.",
+        *_idle_note(cfgs),
         f"* GPU: {'measured on ' + gpu if gpu else 'none on this machine; no GPU numbers'}. The "
         "machine was shared with other jobs while this ran (see the `load` column), which lowers "
         "every absolute number here.",
     ]
+
+
+def _idle_note(cfgs):
+    """``batched`` (the default, --flush-when-idle on) against ``batched-wait`` (off), if both ran."""
+    if "batched-wait" not in cfgs:
+        return []
+    b = {r["concurrency"]: r for r in cfgs["batched"]["levels"]}
+    w = {r["concurrency"]: r for r in cfgs["batched-wait"]["levels"]}
+    cells = "; ".join(f"c={c}: {b[c]['throughput_rps'] / w[c]['throughput_rps']:.2f}x throughput, p50 "
+                      f"{b[c]['p50_ms']:.1f} against {w[c]['p50_ms']:.1f} ms, mean batch "
+                      f"{b[c]['mean_batch']:.1f} against {w[c]['mean_batch']:.1f}"
+                      for c in sorted(set(b) & set(w)))
+    return ["* `--flush-when-idle` (on in `batched`, off in `batched-wait`): a lone client no longer "
+            "waits the 2 ms delay for company, and clients in step still batch (the rule switches "
+            f"itself off while waiting gathers batch-mates). Side by side: {cells}."]
 
 
 if __name__ == "__main__":
