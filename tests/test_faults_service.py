@@ -148,7 +148,11 @@ def test_sigterm_under_load_drops_no_accepted_request(tmp_path):
     before = [code for t0, code in log if t0 < sigterm_at[0] - 0.05]
     after = [code for t0, code in log if t0 >= sigterm_at[0] - 0.05]
     assert before and set(before) == {"OK"}, sorted(set(before))  # every accepted request answered
-    assert set(after) <= {"OK", "UNAVAILABLE"}, sorted(set(after))  # later ones refused cleanly
+    # Later ones are answered or refused. gRPC core cancels a call it has received but not yet handed
+    # to a handler when shutdown starts (grpc/grpc#41785: CANCELLED where UNAVAILABLE was meant); the
+    # client's default Retry treats a CANCELLED it did not cause as transient, this test's retry=None
+    # shows it.
+    assert set(after) <= {"OK", "UNAVAILABLE", "CANCELLED"}, sorted(set(after))
 
 
 def test_the_client_carries_its_retries_across_a_server_restart(tmp_path):
