@@ -29,6 +29,7 @@ Everything runs in one module fixture (about 25 s); the tests assert on what it 
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import math
 import random
@@ -185,6 +186,18 @@ def warm_up(client):
     return model
 
 
+def _groups_evaluated_after(prom, t):
+    """Whether every rule group's last evaluation is later than wall-clock time ``t``."""
+    groups = prom.api("rules")["groups"]
+
+    def seconds(stamp):  # RFC 3339 with nanoseconds: keep microseconds for datetime
+        head, _, frac = stamp.rstrip("Z").partition(".")
+        when = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.timezone.utc)
+        return when.timestamp() + float("0." + (frac or "0"))
+
+    return bool(groups) and all(seconds(g["lastEvaluation"]) > t for g in groups)
+
+
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     binary, why = ensure_tool("prometheus")
@@ -220,6 +233,10 @@ def scenario(tmp_path_factory):
         t_scraped = time.time()
         assert wait_until(lambda: prom.value("timestamp(namespace_job:l1pca_requests:rate5m)")
                           > t_scraped, 30, 0.2), "recording rules not evaluated"
+        # The alerting rules are another group, evaluated on their own tick: their values (the
+        # alert's `value`) must also come from an evaluation after the last scrape.
+        assert wait_until(lambda: _groups_evaluated_after(prom, t_scraped), 30, 0.2), \
+            "alerting rules not evaluated"
         at = time.time()
         sc.results.update({name: prom.query(expr, at) for name, expr in RULE_QUERIES.items()})
         sc.alerts = prom.alerts()
