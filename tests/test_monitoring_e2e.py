@@ -233,9 +233,10 @@ def scenario(tmp_path_factory):
         t_scraped = time.time()
         assert wait_until(lambda: prom.value("timestamp(namespace_job:l1pca_requests:rate5m)")
                           > t_scraped, 30, 0.2), "recording rules not evaluated"
-        # The alerting rules are another group, evaluated on their own tick: their values (the
-        # alert's `value`) must also come from an evaluation after the last scrape.
-        assert wait_until(lambda: _groups_evaluated_after(prom, t_scraped), 30, 0.2), \
+        # The alerting rules are another group, on their own tick, and read the recorded series: the
+        # alert's `value` must come from an evaluation after the recording one just awaited.
+        t_recorded = time.time()
+        assert wait_until(lambda: _groups_evaluated_after(prom, t_recorded), 30, 0.2), \
             "alerting rules not evaluated"
         at = time.time()
         sc.results.update({name: prom.query(expr, at) for name, expr in RULE_QUERIES.items()})
