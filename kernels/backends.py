@@ -13,9 +13,12 @@ imports with no CuPy and no GPU.
   beats NumPy's Python loop per flip at every batch size, see ``bench/results/solver_speed.md``), and
   for batches of at least :data:`JAX_MIN_BATCH` matrices, where the compile pays for itself at once;
   NumPy otherwise, since a one-off compile (about a second) costs more than a small NumPy solve;
-* on the CPU for K >= 3: NumPy. Each JAX step solves a K x K eigenvalue problem for every bit,
-  where NumPy's bounded selection solves a few; NumPy was 2-26x faster on every bucket measured
-  (64 matrices 16 x 4 with K = 3: 0.95 s against 2.0 s; 16 matrices 200 x 10: 0.71 s against 18 s).
+* on the CPU for K >= 3: NumPy. Both select flips with the concavity bound, but JAX steps every
+  lane of a batch together, falls back to evaluating every bit for all of them when one lane needs
+  it (a rank-deficient start), and ranks pair candidates by exact gains of every bit; NumPy was as
+  fast or faster on every bucket measured (64 matrices 64 x 16, K = 3: 3.4 s against 3.3; 64 of
+  16 x 4: 1.1 s against 1.5; 64 of 12 x 6, K = 4: 2.1 s against 5.0; 16 of 200 x 10: 0.53 s against
+  11 s).
 """
 from __future__ import annotations
 

@@ -93,6 +93,42 @@ def test_numpy_and_jax_same_start_same_signs():
             assert (flips, conv) == (ref.n_flips, ref.converged)
 
 
+@pytest.mark.parametrize("K, candidates", [(3, None), (4, None), (3, 2)])
+def test_jax_bounded_selection_takes_the_reference_steps(K, candidates, monkeypatch):
+    """K >= 3 on JAX evaluates only the bits its bound keeps (_select_bounded, a full evaluation when
+    more than BOUNDED_CANDIDATES remain or Y B is rank-deficient): the same flips, sweeps, pair moves
+    and end point as the NumPy reference without any bound, from the L2 start (rank-deficient at
+    first) and random starts, on Gaussian and contaminated data, and with many ties (repeated rows)."""
+    import jax
+
+    from l1pca.kernels import bitflip_jax
+    from l1pca.kernels.bitflip_jax import search_single
+
+    if candidates is not None:  # few candidates: the full-evaluation fallback runs often
+        monkeypatch.setattr(bitflip_jax, "BOUNDED_CANDIDATES", candidates)
+    jax.clear_caches()  # BOUNDED_CANDIDATES is read when the search is traced
+    rng = np.random.default_rng(40 + K)
+    cases = [rng.standard_normal((24, 6)), rng.standard_normal((40, 8)) + rng.standard_t(2, (40, 8)),
+             np.repeat(rng.standard_normal((8, 5)), 3, axis=0)]
+    cases[1][:4] *= 10.0
+    steps = 0
+    for X in cases:
+        Y = reduce_rank(X)
+        starts = [np.repeat(l2_start(Y)[:, None], K, axis=1)]
+        starts += [sign(X @ rng.standard_normal((X.shape[1], K))) for _ in range(2)]
+        for B0 in starts:
+            for warm, pairs in ((True, True), (False, False)):
+                ref = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, screen=False)
+                B, val, flips, conv = search_single(Y, B0, max_flips=1000, tol=1e-9, warm_start=warm,
+                                                    pair_moves=pairs)
+                np.testing.assert_array_equal(B, ref.signs)
+                assert (flips, conv) == (ref.n_flips, ref.converged)
+                assert val == pytest.approx(ref.value, rel=1e-12)
+                steps += ref.n_flips
+    assert steps > 100  # the searches did real work
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("K", [1, 2])
 def test_solve_numpy_equals_jax(K):
     rng = np.random.default_rng(14 + K)
