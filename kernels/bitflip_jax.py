@@ -53,8 +53,9 @@ def _running(state: FlipState, max_steps) -> jax.Array:
 
 
 BOUNDED_CANDIDATES = 16
-"""K >= 3: bits whose exact gain a step computes (:func:`_select_bounded`); on the 64 x 16, K = 3
-service bucket no step of a 16-problem sample needed more (8 missed 0.5% of the steps)."""
+"""K >= 3: bits whose exact gain a step computes (:func:`_select_bounded`). On 16 service-sized
+problems (64 x 16, K = 3, 8 starts) no step needed more; the full evaluation ran in 3 of 34 steps,
+for rank-deficient L2 starts."""
 
 
 def _select_bounded(B, P, C, g, flipped, cur, tol, needed):
