@@ -10,7 +10,8 @@ the same objective for every B, so the searches run on Y:
   the feature-side factor in this case is one of the public-code bugs the brief lists.
 
 Rows of Y are ordered by decreasing singular value, so ``Y[0]`` is ``s_1 v_1^T``: its sign is the
-L2-PCA start of L1-BF. L1-BF itself takes :func:`search_data`, which skips the rotation when N >= D. The functions take ``xp`` (numpy, cupy or jax.numpy) so all backends share them.
+L2-PCA start of L1-BF. L1-BF itself takes :func:`search_data`, which skips the rotation when
+N >= D. The functions take ``xp`` (numpy, cupy or jax.numpy) so all backends share them.
 """
 from __future__ import annotations
 

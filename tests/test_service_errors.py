@@ -111,7 +111,8 @@ def test_bad_transform_and_score_input(stub):
 
 
 def test_a_deadline_shorter_than_the_queue_wait_is_never_computed():
-    with ServerThread(max_delay_ms=1500, flush_when_idle=False) as srv, Client(srv.target, retry=None) as client:
+    with ServerThread(max_delay_ms=1500, flush_when_idle=False) as srv, \
+            Client(srv.target, retry=None) as client:
         t0 = time.perf_counter()
         with pytest.raises(ClientError) as err:
             client.fit(X, 1, timeout_s=0.3)
