@@ -119,7 +119,8 @@ def bit_gains(B, P, C, g, rows, ks, xp=np):
     w = -2.0 * B[rows, ks][:, None] * P[rows]  # (T, K): w for each listed bit
     E = xp.eye(K)[ks]  # (T, K): e_k
     ek_w = E[:, :, None] * w[:, None, :]
-    M = C + ek_w + xp.swapaxes(ek_w, -1, -2) + 4.0 * g[rows][:, None, None] * (E[:, :, None] * E[:, None, :])
+    own = 4.0 * g[rows][:, None, None] * (E[:, :, None] * E[:, None, :])
+    M = C + ek_w + xp.swapaxes(ek_w, -1, -2) + own
     return gram_nuclear(M, xp) - gram_nuclear(C, xp)
 
 

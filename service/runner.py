@@ -9,8 +9,8 @@ The service does no arithmetic: a batch of fit requests becomes one
   its batch (the kernels' own ``"auto"`` picks NumPy or JAX by batch size, and L1-BF's answer can
   differ between the two in the last bits, hence in the local optimum it ends on). One exception,
   by K alone (part of the batch key, so still never by batch-mates): with ``"auto"`` on the CPU,
-  K >= 3 runs on NumPy, whose bounded selection was 2-26x faster than JAX's eigenvalue problem per
-  bit (:data:`l1pca.kernels.backends.JAX_CPU_MAX_COMPONENTS`).
+  K >= 3 runs on NumPy, as fast or faster than JAX there on every bucket measured
+  (:data:`l1pca.kernels.backends.JAX_CPU_MAX_COMPONENTS`).
 * JAX compiles one program per stacked shape; the kernels pad a batch to a power of two, and
   :meth:`SolverRunner.warm_up` compiles those sizes (:func:`batch_ladder`) for the common shape
   buckets before the server reports SERVING.
