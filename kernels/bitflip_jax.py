@@ -24,7 +24,7 @@ from jax import lax
 
 from .bitflip import (TIE_RTOL, best_pair, bit_gains, candidate_gains, first_true, gain_bound_terms,
                       gram_nuclear, inv_sqrt_gram, select_flip, sweep_mask)
-from .reduce import search_data, sign
+from .reduce import l2_start_matrix, search_data, sign
 
 # Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps
 # its own cache; this mirror of it lets backend="auto" prefer JAX where no compile is pending,
@@ -202,7 +202,7 @@ def _solve_one(X, G, max_flips, tol, warm_start: bool, pair_moves: bool):
     """All starts of one problem: the L2 start then ``sgn(X g)`` for each Gaussian draw in G."""
     K = G.shape[-1]
     Y, l2 = search_data(X, jnp)
-    l2 = jnp.repeat(l2[:, None], K, axis=1)[None]  # the paper's L2 start (l2_start_matrix)
+    l2 = l2_start_matrix(l2, K, jnp)[None]
     starts = jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
     B, val, flips, conv = jax.vmap(search, in_axes=(None, 0, None, None, None, None))(
         Y, starts, max_flips, tol, warm_start, pair_moves

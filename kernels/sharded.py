@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .bitflip import (PAIR_CANDIDATES, PAIR_MAX_BITS, TIE_RTOL, candidate_gains, gram_nuclear,
                       pair_candidates, pair_gains, select_flip, sweep_mask)
-from .reduce import l2_start_matrix, sign
+from .reduce import l2_start, l2_start_matrix, sign
 
 AXIS = "samples"
 _CHUNK_ROWS = 1 << 16  # rows read from a memory map per step when a shard is built
@@ -261,7 +261,7 @@ def _search_local(X_l, g, max_flips, tol, *, warm_start, pair_moves, use_l2):
     """One start, per shard. ``g`` (D, K): the Gaussian draw of a random start (unused for L2)."""
     K = g.shape[1]
     Y_l = _reduce(X_l)
-    B = l2_start_matrix(Y_l, K, jnp) if use_l2 else sign(X_l @ g, jnp)
+    B = l2_start_matrix(l2_start(Y_l, jnp), K, jnp) if use_l2 else sign(X_l @ g, jnp)
     A = lax.psum(Y_l @ B, AXIS)
     zero = jnp.array(0, jnp.int32)
     state = ShardState(B=B, P=Y_l.T @ A, flipped=jnp.zeros(B.shape, bool), A=A, C=A.T @ A,

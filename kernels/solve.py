@@ -28,7 +28,7 @@ from ._validation import (
 from .baselines import fixed_point_greedy, fixed_point_nongreedy, l2_pca
 from .bitflip import DEFAULT_TOL, bitflip_search, default_max_flips
 from .exact import MAX_CANDIDATES, exact_search
-from .reduce import procrustes, reduce_rank, search_data, sign
+from .reduce import l2_start_matrix, procrustes, reduce_rank, search_data, sign
 
 DEFAULT_N_INIT = 8
 """Starts of L1-BF: the L2-PCA start and seven random ones (``bench/optimality.py`` shows why)."""
@@ -315,7 +315,7 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, pair_moves, name, tick):
         xp = np
     Xd = xp.asarray(X)
     Y, l2 = search_data(Xd, xp)
-    starts = [xp.repeat(l2[:, None], K, axis=1)]  # the paper's L2 start (l2_start_matrix)
+    starts = [l2_start_matrix(l2, K, xp)]
     starts += [sign(Xd @ xp.asarray(g), xp) for g in G]
     best, flips = None, 0
     for B0 in starts:
