@@ -1,10 +1,11 @@
-"""L1-BF in JAX: the rules of :mod:`l1pca.kernels.bitflip`, jitted, batched with ``vmap``.
+"""L1-BF in JAX: the rules of :mod:`l1pca.kernels.bitflip`, jitted, batched over starts and problems.
 
 Small pure functions; the only ``jit`` is :func:`solve_bucket`, the edge the dispatcher calls with a
-stack of equal-shaped problems. The flip loop is a ``lax.while_loop`` over a NamedTuple state whose
-condition is the module-level :func:`_running`. ``vmap`` over starts and over problems turns the
-single-start search into the batched one; problems that finish early keep their state while the rest
-go on (``vmap`` of ``while_loop`` selects per element).
+stack of equal-shaped problems. One search's step (:func:`_flip_step`, :func:`_pair_step`) is written
+for one start and ``vmap``-ed over lanes (problems x starts); the loops around it are written for the
+whole bucket (:func:`search_lanes`), so that they can move the searches still running into smaller
+lane arrays as the others end (:func:`_flip_loop`): ``vmap`` of a ``while_loop`` would step every
+lane until the slowest search ends. Outside ``vmap``, a ``switch`` on a lane count runs one branch.
 
 The gain formula is shared with the NumPy reference (``candidate_gains`` is written against an array
 namespace), so the two backends cannot drift apart in what they compute.
@@ -169,52 +170,160 @@ def _pair_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
     )
 
 
-def search(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
-    """One start: returns ``(B, value, n_flips, converged)``. Pure; jit or vmap it at the edge.
+COMPACT_FACTOR = 8
+"""The flip loop moves the searches still running into a lane array this many times smaller once
+no more than that many are left (:func:`_flip_loop`)."""
 
-    Flip steps run in an inner ``while_loop`` to a single-flip local optimum; with ``pair_moves`` an
-    outer loop then tries a two-flip move and, when one improves, searches on. The pair check is
-    thus paid once per local optimum, not per step: one loop with a ``cond`` measured 2x slower on
-    batches of 64 x 16 matrices (under ``vmap`` both sides of a ``cond`` run every step).
+
+def _lane_levels(lanes: int) -> tuple[int, ...]:
+    """Lane counts the flip loop steps at: all, then each a :data:`COMPACT_FACTOR` of the last."""
+    levels = [lanes]
+    while levels[-1] // COMPACT_FACTOR >= 1:
+        levels.append(levels[-1] // COMPACT_FACTOR)
+    return tuple(levels)
+
+
+def _select_lanes(mask, new, old):
+    """Per-lane choice between two states: ``new`` where ``mask`` (the leading lane axes) holds."""
+    def pick(a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b)
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def _flip_loop(Y, g, step, max_steps, state: FlipState) -> FlipState:
+    """Flip steps on every search of a bucket until each is at a single-flip local optimum (or its
+    cap), with the running searches compacted as the others end.
+
+    ``state`` holds b problems x S starts (leading axes), ``Y`` (b, d, N) and ``g`` (b, N) one per
+    problem; ``step`` is one search's :func:`_flip_step`. Stepping every lane until the slowest ends
+    (what ``vmap`` of a ``while_loop`` does) costs lanes x the longest search: on 64 problems of
+    64 x 16 with 8 starts the searches took 9 steps on average and the loop 57, so most of the work
+    went to searches that had ended. Here the loop steps all lanes only while more than a
+    :data:`COMPACT_FACTOR` of them run; then it gathers the running ones (and their problems' Y) into
+    an array of that size and goes on there, and so on down (:func:`_lane_levels`), scattering the
+    results back. Each search takes the same steps wherever it runs; only the products' shapes
+    differ between levels (rounding far below the tie band, ``TIE_RTOL``).
     """
-    g = jnp.sum(Y * Y, axis=0)
-    A = Y @ B0
+    b, S = state.done.shape
+    lanes = b * S
+    levels = _lane_levels(lanes)
+
+    def running(st):
+        return _running(st, max_steps)
+
+    def more_than(limit):
+        return lambda st: jnp.sum(running(st)) > limit
+
+    full_step = jax.vmap(jax.vmap(step, in_axes=(None, None, 0)), in_axes=(0, 0, 0))
+    nxt = levels[1] if len(levels) > 1 else 0
+    state = lax.while_loop(more_than(nxt),
+                           lambda st: _select_lanes(running(st), full_step(Y, g, st), st), state)
+    if len(levels) == 1:
+        return state
+    flat = jax.tree_util.tree_map(lambda a: a.reshape((lanes,) + a.shape[2:]), state)
+    lane_step = jax.vmap(step, in_axes=(0, 0, 0))
+    for size, nxt in zip(levels[1:], levels[2:] + (0,)):
+        idx = jnp.nonzero(running(flat), size=size, fill_value=lanes)[0]
+        valid = idx < lanes
+        safe = jnp.where(valid, idx, 0)
+        sub = jax.tree_util.tree_map(lambda a: a[safe], flat)
+        sub = sub._replace(done=jnp.logical_or(sub.done, ~valid))  # fill lanes never step
+        Ys, gs = Y[safe // S], g[safe // S]
+        sub = lax.while_loop(more_than(nxt),
+                             lambda st: _select_lanes(running(st), lane_step(Ys, gs, st), st), sub)
+        flat = jax.tree_util.tree_map(lambda a, s: a.at[idx].set(s, mode="drop"), flat, sub)
+    return jax.tree_util.tree_map(lambda a: a.reshape((b, S) + a.shape[1:]), flat)
+
+
+def _apply_compacted(fn, mask, Y, g, state: FlipState) -> FlipState:
+    """``fn`` (one search's step) on the lanes where ``mask`` holds, in the smallest lane array of
+    :func:`_lane_levels` they fit in (a ``switch`` on their count: outside ``vmap`` only the chosen
+    branch runs). The pair check after the first local optimum runs on every search; after the
+    next ones, on the few whose pair move improved."""
+    b, S = state.done.shape
+    lanes = b * S
+    levels = _lane_levels(lanes)
+
+    def full(st):
+        new = jax.vmap(jax.vmap(fn, in_axes=(None, None, 0)), in_axes=(0, 0, 0))(Y, g, st)
+        return _select_lanes(mask, new, st)
+
+    def compacted(size):
+        def run(st):
+            flat = jax.tree_util.tree_map(lambda a: a.reshape((lanes,) + a.shape[2:]), st)
+            idx = jnp.nonzero(mask.reshape(-1), size=size, fill_value=lanes)[0]
+            safe = jnp.where(idx < lanes, idx, 0)
+            sub = jax.tree_util.tree_map(lambda a: a[safe], flat)
+            sub = jax.vmap(fn, in_axes=(0, 0, 0))(Y[safe // S], g[safe // S], sub)
+            flat = jax.tree_util.tree_map(lambda a, s: a.at[idx].set(s, mode="drop"), flat, sub)
+            return jax.tree_util.tree_map(lambda a: a.reshape((b, S) + a.shape[1:]), flat)
+        return run
+
+    branches = [full] + [compacted(size) for size in levels[1:]]
+    which = jnp.sum(jnp.asarray(levels) >= jnp.sum(mask)) - 1
+    return lax.switch(which, branches, state)
+
+
+def search_lanes(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
+    """Every start of every problem of a bucket: ``Y`` (b, d, N), ``B0`` (b, S, N, K). Returns
+    ``(B, value, n_flips, converged)`` with leading axes (b, S). Pure; jit it at the edge.
+
+    Flip steps run in :func:`_flip_loop` to a single-flip local optimum; with ``pair_moves`` an
+    outer loop then tries a two-flip move on each search there and, where one improves, searches on.
+    The pair check is thus paid once per local optimum, not per step: one loop with a ``cond``
+    measured 2x slower on batches of 64 x 16 matrices (batched, both sides of a ``cond`` run every
+    step). Each search follows the rules of the NumPy reference step for step, whatever its
+    batch-mates do (a lane whose search has ended keeps its state).
+    """
+    g = jnp.sum(Y * Y, axis=1)  # (b, N)
+    A = jnp.einsum("bdn,bsnk->bsdk", Y, B0)
+    zeros = jnp.zeros(B0.shape[:2], jnp.int32)
     state = FlipState(
-        B=B0, A=A, P=Y.T @ A, C=A.T @ A,
-        flipped=jnp.zeros(B0.shape, bool),
-        n_flips=jnp.array(0, jnp.int32), steps=jnp.array(0, jnp.int32),
-        done=jnp.array(False), converged=jnp.array(False),
+        B=B0, A=A, P=jnp.einsum("bdn,bsdk->bsnk", Y, A), C=jnp.einsum("bsdk,bsdl->bskl", A, A),
+        flipped=jnp.zeros(B0.shape, bool), n_flips=zeros, steps=zeros,
+        done=jnp.zeros(B0.shape[:2], bool), converged=jnp.zeros(B0.shape[:2], bool),
     )
-    running = functools.partial(_running, max_steps=2 * max_flips + 2)
-    step = functools.partial(_flip_step, Y, g, max_flips, tol, warm_start)
+    max_steps = 2 * max_flips + 2
+    step = functools.partial(_flip_step_of, max_flips, tol, warm_start)
 
     def flips(st):
-        return lax.while_loop(running, step, st)
+        return _flip_loop(Y, g, step, max_steps, st)
 
     if pair_moves:
-        out = lax.while_loop(running, lambda st: _pair_step(Y, g, max_flips, tol, flips(st)), state)
+        pair = functools.partial(_pair_step_of, max_flips, tol)
+
+        def outer(st):
+            return _apply_compacted(pair, _running(st, max_steps), Y, g, flips(st))
+
+        out = lax.while_loop(lambda st: jnp.any(_running(st, max_steps)), outer, state)
     else:
         out = flips(state)
     return out.B, gram_nuclear(out.C, jnp), out.n_flips, out.converged
 
 
-def _solve_one(X, G, max_flips, tol, warm_start: bool, pair_moves: bool):
-    """All starts of one problem: the L2 start then ``sgn(X g)`` for each Gaussian draw in G."""
+def _flip_step_of(max_flips, tol, warm_start, Y, g, state):
+    return _flip_step(Y, g, max_flips, tol, warm_start, state)
+
+
+def _pair_step_of(max_flips, tol, Y, g, state):
+    return _pair_step(Y, g, max_flips, tol, state)
+
+
+def _prepare(X, G):
+    """One problem's search data and starts: the L2 start then ``sgn(X g)`` for each Gaussian draw."""
     K = G.shape[-1]
     Y, l2 = search_data(X, jnp)
     l2 = l2_start_matrix(l2, K, jnp)[None]
-    starts = jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
-    B, val, flips, conv = jax.vmap(search, in_axes=(None, 0, None, None, None, None))(
-        Y, starts, max_flips, tol, warm_start, pair_moves
-    )
-    best = jnp.argmax(val)  # first of the best starts, as the NumPy loop
-    return B[best], val[best], jnp.sum(flips), conv[best]
+    return Y, jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=("warm_start", "pair_moves"))
 def _solve_bucket_jit(X, G, max_flips, tol, warm_start, pair_moves):
-    return jax.vmap(_solve_one, in_axes=(0, 0, None, None, None, None))(
-        X, G, max_flips, tol, warm_start, pair_moves)
+    Y, starts = jax.vmap(_prepare)(X, G)
+    B, val, flips, conv = search_lanes(Y, starts, max_flips, tol, warm_start, pair_moves)
+    best = jnp.argmax(val, axis=1)  # first of the best starts, as the NumPy loop
+    pick = jnp.arange(X.shape[0])
+    return B[pick, best], val[pick, best], jnp.sum(flips, axis=1), conv[pick, best]
 
 
 def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True):
@@ -234,12 +343,12 @@ def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True):
     signs (b, N, K), value (b,), n_flips (b,), converged (b,) as NumPy arrays.
     """
     with jax.enable_x64(True):
-        out = _solve_bucket_jit(
-            jnp.asarray(X, jnp.float64), jnp.asarray(G, jnp.float64),
-            jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64), bool(warm_start),
-            bool(pair_moves),
-        )
-        out = tuple(np.asarray(o) for o in out)
+        # NumPy operands straight to the jitted function (one transfer in jit's C++ path, no
+        # separate conversions), and one fetch of all outputs.
+        out = jax.device_get(_solve_bucket_jit(
+            np.asarray(X, np.float64), np.asarray(G, np.float64), np.int32(max_flips),
+            np.float64(tol), bool(warm_start), bool(pair_moves),
+        ))
     _COMPILED.add((*X.shape, G.shape[3], G.shape[1] + 1, bool(warm_start), bool(pair_moves)))
     return out
 
@@ -247,9 +356,9 @@ def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True):
 def search_single(Y, B0, *, max_flips, tol, warm_start=True, pair_moves=True):
     """One start on given Y (d x N) and B0 (N x K), for tests against the NumPy reference."""
     with jax.enable_x64(True):
-        B, val, flips, conv = jax.jit(search, static_argnames=("warm_start", "pair_moves"))(
-            jnp.asarray(Y, jnp.float64), jnp.asarray(B0, jnp.float64),
+        B, val, flips, conv = jax.jit(search_lanes, static_argnames=("warm_start", "pair_moves"))(
+            jnp.asarray(Y, jnp.float64)[None], jnp.asarray(B0, jnp.float64)[None, None],
             jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64), warm_start=warm_start,
             pair_moves=pair_moves,
         )
-        return np.asarray(B), float(val), int(flips), bool(conv)
+        return np.asarray(B[0, 0]), float(val[0, 0]), int(flips[0, 0]), bool(conv[0, 0])

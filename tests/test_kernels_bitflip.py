@@ -126,6 +126,47 @@ def test_jax_bounded_selection_takes_the_reference_steps(K, candidates, monkeypa
                 assert val == pytest.approx(ref.value, rel=1e-12)
                 steps += ref.n_flips
     assert steps > 100  # the searches did real work
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+@pytest.mark.parametrize("pairs", [True, False])
+def test_jax_lane_compaction_keeps_every_search_on_its_reference_path(K, pairs):
+    """The batched search (search_lanes) moves the running searches into smaller lane arrays as the
+    others end, and runs later pair checks on the few that need them: every search, whichever
+    array it ends in, takes the NumPy reference's flips and ends on its signs. 6 problems x 8 starts
+    (levels 48, 6), of several lengths (zero-padded rows and features, as a bucket pads them)."""
+    import jax
+    import jax.numpy as jnp
+
+    from l1pca.kernels.bitflip_jax import _lane_levels, search_lanes
+
+    assert _lane_levels(48) == (48, 6) and _lane_levels(512) == (512, 64, 8, 1)
+    rng = np.random.default_rng(60 + K)
+    N, D, S = 24, 6, 8
+    Ys, starts = [], []
+    for i in range(6):
+        n, d = N - 3 * (i % 3), D - (i % 2)
+        X = np.zeros((N, D))
+        X[:n, :d] = rng.standard_normal((n, d)) + (rng.standard_t(2, (n, d)) if i % 2 else 0.0)
+        Y = reduce_rank(X)
+        Ys.append(Y)
+        B0 = [np.repeat(l2_start(Y)[:, None], K, axis=1)]
+        B0 += [sign(X @ rng.standard_normal((D, K))) for _ in range(S - 1)]
+        starts.append(np.stack(B0))
+    with jax.enable_x64(True):
+        B, val, flips, conv = jax.jit(search_lanes, static_argnames=("warm_start", "pair_moves"))(
+            jnp.asarray(np.stack(Ys)), jnp.asarray(np.stack(starts)), jnp.asarray(1000, jnp.int32),
+            jnp.asarray(1e-9), warm_start=True, pair_moves=pairs)
+    total = 0
+    for i, Y in enumerate(Ys):
+        for s in range(S):
+            ref = bitflip_search(Y, starts[i][s], pair_moves=pairs, screen=False)
+            np.testing.assert_array_equal(np.asarray(B[i, s]), ref.signs)
+            assert (int(flips[i, s]), bool(conv[i, s])) == (ref.n_flips, ref.converged)
+            assert float(val[i, s]) == pytest.approx(ref.value, rel=1e-12)
+            total += ref.n_flips
+    flips = np.asarray(flips)
+    assert total > 100 and flips.max() > 2 * np.median(flips)  # long searches beside short ones
+
     jax.clear_caches()
 
 
