@@ -298,7 +298,11 @@ def search_lanes(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
         out = lax.while_loop(lambda st: jnp.any(_running(st, max_steps)), outer, state)
     else:
         out = flips(state)
-    return out.B, gram_nuclear(out.C, jnp), out.n_flips, out.converged
+    # The value from the final signs, by one product for every lane: a search's running C carries
+    # the rounding of the lane arrays it passed through, and the best start (equal optima reached
+    # with columns swapped are common) must not depend on that.
+    A = jnp.einsum("bdn,bsnk->bsdk", Y, out.B)
+    return out.B, gram_nuclear(jnp.einsum("bsdk,bsdl->bskl", A, A), jnp), out.n_flips, out.converged
 
 
 def _flip_step_of(max_flips, tol, warm_start, Y, g, state):

@@ -31,7 +31,7 @@ from ._validation import (
     check_random_state,
 )
 from .scoring import center_of, check_contamination, residuals, robust_threshold, sample_scores
-from .solve import DEFAULT_N_INIT, solve, solve_batch
+from .solve import DEFAULT_N_INIT, equal_shapes, solve, solve_batch
 
 CENTERS = ("median", "mean", None)
 
@@ -117,8 +117,13 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
     if not mats:
         return []
 
-    centers = [center_of(X, center) for X in mats]
-    centred = [X - c for X, c in zip(mats, centers)]
+    groups = equal_shapes(mats)
+    centers, centred = [None] * len(mats), [None] * len(mats)
+    for idx, stack in groups:
+        C = center_of(stack, center)
+        for j, i in enumerate(idx):
+            centers[i] = C[j]
+            centred[i] = mats[i] - C[j]
     if devices is not None:
         # The sharded solver takes one matrix at a time (each is large enough to fill the mesh).
         results = [solve(Xc, n_components, method=method, n_init=n_init, random_state=seed,
@@ -127,15 +132,21 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
         results = solve_batch(centred, n_components, method=method, n_init=n_init, backend=backend,
                               random_state=seeds, **solver_options)
 
+    scores, thresholds = [None] * len(mats), [None] * len(mats)
+    for idx, stack in groups:  # the scores of equal-shaped matrices as one stack: same numbers
+        Q = np.stack([results[i].components for i in idx])
+        S = sample_scores(residuals(stack, np.stack([centers[i] for i in idx]), Q))
+        T = robust_threshold(S, contamination=contamination, n_mad=n_mad)
+        for j, i in enumerate(idx):
+            scores[i], thresholds[i] = S[j], float(T[j])
     out = []
-    for X, c, res in zip(mats, centers, results):
-        scores = sample_scores(residuals(X, c, res.components))
+    for X, c, res, sc, thr in zip(mats, centers, results, scores, thresholds):
         out.append(FitResult(
             components=res.components.T.copy(),
             center=c,
-            threshold=robust_threshold(scores, contamination=contamination, n_mad=n_mad),
+            threshold=thr,
             objective=res.objective,
-            training_scores=scores,
+            training_scores=sc,
             n_samples=X.shape[0],
             backend=res.backend,
             method=res.method,

@@ -276,10 +276,26 @@ def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, 
             outs = [_bitflip_host(mats[i], draws[i], K, max_flips, tol, warm_start, pair_moves,
                                   name, tick)
                     for i in idx]
-        for i, (B, flips, conv) in zip(idx, outs):
-            Q = procrustes(mats[i].T @ B)
-            results[i] = _finish(mats[i], Q, B, name, "bitflip", n_flips=flips, converged=conv)
+        for sub, stack in equal_shapes([mats[i] for i in idx]):  # one call per step for each shape
+            Bs = np.stack([outs[j][0] for j in sub])
+            Q = procrustes(np.swapaxes(stack, -1, -2) @ Bs)
+            column_l1 = np.abs(stack @ Q).sum(axis=-2)
+            for j, q, b, l1 in zip(sub, Q, Bs, column_l1):
+                results[idx[j]] = _canonical(q, b, l1, name, "bitflip", n_flips=outs[j][1],
+                                             converged=outs[j][2])
     return results
+
+
+def equal_shapes(mats):
+    """``[(indices, stack)]``: the matrices grouped by shape, each group stacked (count, rows, cols), in
+    order of first appearance (a lone matrix as a view, not a copy). Batches are mostly equal-shaped
+    (the service buckets them); NumPy's stacked routines (matmul, SVD, median) then run one call for
+    the group and compute for each matrix the numbers they compute for it alone."""
+    groups: dict[tuple, list[int]] = {}
+    for i, X in enumerate(mats):
+        groups.setdefault(X.shape, []).append(i)
+    return [(idx, mats[idx[0]][None] if len(idx) == 1 else np.stack([mats[i] for i in idx]))
+            for idx in groups.values()]
 
 
 def jax_batch_size(count):

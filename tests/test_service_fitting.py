@@ -29,14 +29,21 @@ def test_fit_many_equals_the_estimator(center, method):
         assert res.n_samples == X.shape[0]
 
 
-def test_jax_answers_do_not_depend_on_the_batch():
-    """A matrix gets the same answer alone and inside any batch (a lone matrix is paired)."""
-    Xs = [_data(i, n=20, d=4) for i in range(5)]
-    seeds = list(range(5))
-    together = fit_many(Xs, 1, seeds=seeds, backend="jax")
-    for X, seed, res in zip(Xs[:3], seeds, together):
-        alone = fit_many([X], 1, seeds=[seed], backend="jax")[0]
+@pytest.mark.parametrize("K", [1, 2])
+def test_jax_answers_do_not_depend_on_the_batch(K):
+    """A matrix gets the same answer alone and inside any batch (a lone matrix is paired; the
+    search compacts a batch's lanes; equal shapes are centred and scored as one stack), field by
+    field."""
+    Xs = [_data(i, n=20, d=4) for i in range(5)] + [_data(7, n=17, d=4)]
+    seeds = list(range(6))
+    together = fit_many(Xs, K, seeds=seeds, backend="jax")
+    for X, seed, res in zip(Xs[2:], seeds[2:], together[2:]):
+        alone = fit_many([X], K, seeds=[seed], backend="jax")[0]
         np.testing.assert_array_equal(alone.components, res.components)
+        np.testing.assert_array_equal(alone.center, res.center)
+        np.testing.assert_array_equal(alone.training_scores, res.training_scores)
+        assert (alone.threshold, alone.objective, alone.n_flips) == (res.threshold, res.objective,
+                                                                      res.n_flips)
         assert alone.backend == "jax"
 
 
