@@ -43,6 +43,7 @@ CONFIGS = {
     # name: extra `l1pca serve` flags
     "batched": ["--max-batch-size", "16", "--max-delay-ms", "2"],  # the defaults
     "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
+    "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
     "unbatched": ["--max-batch-size", "1"],
     "numpy-unbatched": ["--max-batch-size", "1", "--backend", "numpy"],
 }

@@ -70,8 +70,8 @@ class InjectedDeviceFault(RuntimeError):
 
 def batch_ladder(max_batch_size):
     """Stacked batch sizes JAX runs for batches of up to ``max_batch_size`` requests: the powers of
-    two from 2 (a lone matrix is sent with a copy, see :mod:`l1pca.kernels.fitting`)."""
-    sizes, b = [2], 2
+    two from 1 (:func:`l1pca.kernels.solve.jax_batch_size` pads a batch to the next one)."""
+    sizes, b = [1], 1
     while b < max_batch_size:
         b *= 2
         sizes.append(b)

@@ -50,9 +50,13 @@ def test_jax_answers_do_not_depend_on_the_batch(K):
 def test_batch_ladder_covers_the_kernels_padding():
     from l1pca.service.runner import batch_ladder
 
-    assert batch_ladder(1) == (2,)
-    assert batch_ladder(16) == (2, 4, 8, 16)
-    assert batch_ladder(20) == (2, 4, 8, 16, 32)
+    from l1pca.kernels.solve import jax_batch_size
+
+    assert batch_ladder(1) == (1,)
+    assert batch_ladder(16) == (1, 2, 4, 8, 16)
+    assert batch_ladder(20) == (1, 2, 4, 8, 16, 32)
+    for count in range(1, 33):  # every batch the server can form is padded to a warmed-up size
+        assert jax_batch_size(count) in batch_ladder(max(count, 20))
 
 
 def test_fit_many_checks_its_input():
