@@ -336,23 +336,38 @@ def _notes(results):
         "",
         f"* Target: batching >= 3x the unbatched throughput at concurrency 64. Measured: "
         f"{ratio:.2f}x ({'met' if ratio >= 3 else 'not met'}).",
-        f"* Both runs are CPU-bound: server CPU per request {u[64]['server_cpu_ms_per_req']:.2f} ms "
-        f"unbatched, {b[64]['server_cpu_ms_per_req']:.2f} ms batched (load generator "
-        f"{b[64]['client_cpu_ms_per_req']:.2f} ms), so the throughput ratio follows the ratio of "
-        "CPU per request, which is the solver's: a lone problem's solve took "
-        f"{u[64]['solve_ms']:.2f} ms, a batch of {b[64]['mean_batch']:.1f} took "
-        f"{b[64]['solve_ms']:.2f} ms ({b[64]['solve_ms'] / b[64]['mean_batch']:.2f} ms per problem, "
-        f"{u[64]['solve_ms'] / (b[64]['solve_ms'] / b[64]['mean_batch']):.2f}x less). On the CPU the "
-        "`vmap`-ed L1-BF `while_loop` does every lane's work at each step (no parallelism across "
-        "lanes to speak of on 2 cores) and steps until the slowest lane ends, so a batch costs about "
-        "lanes x the slowest lane's steps; batching saves the per-call overhead and little else. "
-        "The service adds little on top (see `other ms`). A GPU runs the lanes in parallel.",
+        *_cpu_note(b[64], u[64]),
         "* `numpy-unbatched` is one NumPy solve per request (what a direct `solve(X)` runs on the "
         "CPU for one matrix); the batched JAX service is compared with it too.",
         *_idle_note(cfgs),
         f"* GPU: {'measured on ' + gpu if gpu else 'none on this machine; no GPU numbers'}. The "
         "machine was shared with other jobs while this ran (see the `load` column), which lowers "
         "every absolute number here.",
+    ]
+
+
+def _cpu_note(b, u):
+    """Where the CPU per request goes at one level, batched (``b``) against unbatched (``u``)."""
+    def split(r):  # the solver call's share (one busy core while it runs) and the rest of the server
+        solve = r["solve_ms"] / r["mean_batch"]
+        return solve, r["server_cpu_ms_per_req"] - solve, r["client_cpu_ms_per_req"]
+
+    sb, ob, cb = split(b)
+    su, ou, cu = split(u)
+    tb, tu = sb + ob + cb, su + ou + cu
+    return [
+        f"* CPU per request, server and load generator together: {tu:.2f} ms unbatched, {tb:.2f} ms "
+        f"batched ({tu / tb:.2f}x; the cores are shared, so this ratio bounds the throughput ratio). "
+        f"The solver call: {su:.2f} ms for a lone problem, {sb:.2f} ms per problem in batches of "
+        f"{b['mean_batch']:.1f} ({su / sb:.1f}x less). Everything else, the same work per request "
+        f"in both (gRPC, decoding and checks, queueing, encoding, metrics, thread hand-offs, the "
+        f"client): {ou + cu:.2f} ms unbatched, {ob + cb:.2f} ms batched. Batching divides the "
+        "solver's cost and not that rest, so with the solver this much cheaper per batched problem "
+        f"the rest is {100 * (ob + cb) / tb:.0f}% of a batched request's CPU; even a free batched "
+        f"solve would give at most {tu / (ob + cb):.1f}x. (The solver column is wall time of the "
+        "solver thread, which shares the cores with the event loop and the load generator: a batch "
+        "runs about 2x slower here than alone, `bench/results/solver_speed.md` section 4.) A GPU "
+        "runs the lanes side by side and takes the solver off these cores.",
     ]
 
 

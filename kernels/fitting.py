@@ -110,8 +110,9 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
     seeds = list(seeds)
     if len(seeds) != len(mats):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(mats)} matrices; give one per matrix")
-    for s in seeds:
-        check_random_state(s)  # refuses negative and non-integer seeds with a message
+    # Generators, not seeds, go on to the solver: it draws the starts from these (one construction
+    # per matrix), and a negative or non-integer seed is refused here with a message.
+    rngs = [check_random_state(s) for s in seeds]
     for X in mats:
         check_n_components(n_components, *X.shape)
     if not mats:
@@ -126,11 +127,11 @@ def fit_many(Xs, n_components=1, *, method="bitflip", center="median", n_init=DE
             centred[i] = mats[i] - C[j]
     if devices is not None:
         # The sharded solver takes one matrix at a time (each is large enough to fill the mesh).
-        results = [solve(Xc, n_components, method=method, n_init=n_init, random_state=seed,
-                         devices=devices, **solver_options) for Xc, seed in zip(centred, seeds)]
+        results = [solve(Xc, n_components, method=method, n_init=n_init, random_state=rng,
+                         devices=devices, **solver_options) for Xc, rng in zip(centred, rngs)]
     else:
         results = solve_batch(centred, n_components, method=method, n_init=n_init, backend=backend,
-                              random_state=seeds, **solver_options)
+                              random_state=rngs, **solver_options)
 
     scores, thresholds = [None] * len(mats), [None] * len(mats)
     for idx, stack in groups:  # the scores of equal-shaped matrices as one stack: same numbers
