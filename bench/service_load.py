@@ -357,16 +357,18 @@ def _cpu_note(b, u):
     tb, tu = sb + ob + cb, su + ou + cu
     return [
         f"* CPU per request, server and load generator together: {tu:.2f} ms unbatched, {tb:.2f} ms "
-        f"batched ({tu / tb:.2f}x; the cores are shared, so this ratio bounds the throughput ratio). "
+        f"batched ({tu / tb:.2f}x; the cores are shared, so the throughput ratio follows this one). "
         f"The solver call: {su:.2f} ms for a lone problem, {sb:.2f} ms per problem in batches of "
-        f"{b['mean_batch']:.1f} ({su / sb:.1f}x less). Everything else, the same work per request "
-        f"in both (gRPC, decoding and checks, queueing, encoding, metrics, thread hand-offs, the "
-        f"client): {ou + cu:.2f} ms unbatched, {ob + cb:.2f} ms batched. Batching divides the "
-        "solver's cost and not that rest, so with the solver this much cheaper per batched problem "
-        f"the rest is {100 * (ob + cb) / tb:.0f}% of a batched request's CPU; even a free batched "
+        f"{b['mean_batch']:.1f} ({su / sb:.1f}x less). The work around it (gRPC, decoding and checks, "
+        "queueing, the fit's steps outside the solver, encoding, metrics, thread hand-offs, the "
+        f"client): {ou + cu:.2f} ms unbatched, {ob + cb:.2f} ms batched (batching shares the "
+        "per-call part of it too, not the per-request part). With the solver this much cheaper per "
+        f"batched problem, that work is {100 * (ob + cb) / tb:.0f}% of a batched request's CPU; "
+        "even a free batched "
         f"solve would give at most {tu / (ob + cb):.1f}x. (The solver column is wall time of the "
-        "solver thread, which shares the cores with the event loop and the load generator: a batch "
-        "runs about 2x slower here than alone, `bench/results/solver_speed.md` section 4.) A GPU "
+        "solver thread, which shares the GIL and the cores with the event loop and the load "
+        "generator: `fit_many` on these matrices, in batches of 16 in a process of its own, takes "
+        "0.4-0.5 ms per problem on this machine, about half of what it takes here.) A GPU "
         "runs the lanes side by side and takes the solver off these cores.",
     ]
 
@@ -383,7 +385,8 @@ def _idle_note(cfgs):
                       for c in sorted(set(b) & set(w)))
     return ["* `--flush-when-idle` (on in `batched`, off in `batched-wait`): a lone client no longer "
             "waits the 2 ms delay for company, and clients in step still batch (the rule switches "
-            f"itself off while waiting gathers batch-mates). Side by side: {cells}."]
+            f"itself off while waiting gathers batch-mates). Side by side: {cells}. At c >= 4 the "
+            "two batch alike (same mean batch) and their ratio moves by 10-15% from run to run."]
 
 
 if __name__ == "__main__":

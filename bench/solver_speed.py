@@ -11,14 +11,18 @@
    ``solve_batch`` on NumPy and on JAX (GPU backends too where present).
 4. Where ``backend="auto"`` should switch to JAX on the CPU: time per matrix against batch size.
 
-Prints tables and writes ``bench/results/solver_speed.md``.
+Prints tables and writes ``bench/results/solver_speed.md``. ``--sections 3,4`` runs only those
+sections and replaces them in the existing report (each marked with the date it was re-run), for a
+change that touches only the batched path.
 
-    python bench/solver_speed.py [--quick] [--repeats 3]
+    python bench/solver_speed.py [--quick] [--repeats 3] [--sections 3,4]
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
+import re
 import os
 import platform
 import time
@@ -177,7 +181,10 @@ def main(argv=None):
     ap.add_argument("--preset", choices=["full", "session"], default="full",
                     help="session: the cells committed in bench/results (fits the 2-core box in ~10 min)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "solver_speed.md"))
+    ap.add_argument("--sections", default="0,1,2,3,4",
+                    help="comma-separated sections to run; a subset replaces them in --out")
     args = ap.parse_args(argv)
+    sections = {int(x) for x in args.sections.split(",")}
     t0 = time.perf_counter()
     out = [f"# Solver speed\n",
            f"Machine: {platform.machine()}, {os.cpu_count()} cores, GPU backends: "
@@ -199,18 +206,45 @@ def main(argv=None):
             grid = [(1000, 10, 1), (10_000, 10, 1), (10_000, 100, 1), (10_000, 100, 2),
                     (10_000, 100, 3), (100_000, 10, 1), (100_000, 100, 1), (100_000, 100, 2),
                     (1_000_000, 10, 1)]
-        targets(100_000, 100, max(5, args.repeats), out)
-        single_fits(grid, args.repeats, out)
-        growth([10_000, 100_000, 1_000_000] if args.preset == "session"
-               else [10_000, 30_000, 100_000, 300_000, 1_000_000], args.repeats, out)
-        batched(1024 if args.preset == "session" else 4096, (64, 16), 2, args.repeats, out)
-        crossover((64, 16), 2, [1, 4, 16, 64] if args.preset == "session"
-                  else [1, 4, 8, 16, 32, 64, 256], args.repeats, out)
+        runs = {
+            0: lambda: targets(100_000, 100, max(5, args.repeats), out),
+            1: lambda: single_fits(grid, args.repeats, out),
+            2: lambda: growth([10_000, 100_000, 1_000_000] if args.preset == "session"
+                              else [10_000, 30_000, 100_000, 300_000, 1_000_000], args.repeats, out),
+            3: lambda: batched(1024 if args.preset == "session" else 4096, (64, 16), 2,
+                               args.repeats, out),
+            4: lambda: crossover((64, 16), 2, [1, 4, 16, 64] if args.preset == "session"
+                                 else [1, 4, 8, 16, 32, 64, 256], args.repeats, out),
+        }
+        for k in sorted(sections):
+            runs[k]()
+        if sections != set(runs):
+            return _replace_sections(Path(args.out), out[2:], sections, time.perf_counter() - t0,
+                                     args.repeats)
     out.append(f"Total run time {time.perf_counter() - t0:.0f} s.")
     report = "\n".join(out) + "\n"
     if not args.quick or args.out != ap.get_default("out"):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(report)
+
+
+def _replace_sections(path, lines, sections, seconds, repeats):
+    """Put the freshly run sections (``## k.`` headings in ``lines``) in place of the same sections of
+    the report at ``path``; the others stay as they were."""
+    report = path.read_text()
+    fresh = "\n".join(lines)
+    stamp = (f"\n(Re-run alone on {datetime.date.today()}, medians of {repeats}, {seconds:.0f} s, "
+             f"with `--sections {','.join(map(str, sorted(sections)))}`; the other sections are from "
+             "the full run.)\n")
+    for k in sorted(sections):
+        head = re.compile(rf"^## {k}\. .*?(?=^## |^Total run time|\Z)", re.M | re.S)
+        new = head.search(fresh)
+        if new is None or head.search(report) is None:
+            raise SystemExit(f"section {k} missing from the new run or from {path}")
+        report = head.sub(lambda _: new.group(0).rstrip("\n") + "\n" + stamp + "\n", report, count=1)
+    path.write_text(report)
+    print(f"replaced sections {sorted(sections)} in {path}")
+    return 0
 
 
 if __name__ == "__main__":
