@@ -204,9 +204,7 @@ def _flip_loop(Y, g, step, max_steps, state: FlipState) -> FlipState:
     results back. Each search takes the same steps wherever it runs; only the products' shapes
     differ between levels (rounding far below the tie band, ``TIE_RTOL``).
     """
-    b, S = state.done.shape
-    lanes = b * S
-    levels = _lane_levels(lanes)
+    levels = _lane_levels(state.done.size)
 
     def running(st):
         return _running(st, max_steps)
@@ -218,20 +216,28 @@ def _flip_loop(Y, g, step, max_steps, state: FlipState) -> FlipState:
     nxt = levels[1] if len(levels) > 1 else 0
     state = lax.while_loop(more_than(nxt),
                            lambda st: _select_lanes(running(st), full_step(Y, g, st), st), state)
-    if len(levels) == 1:
-        return state
-    flat = jax.tree_util.tree_map(lambda a: a.reshape((lanes,) + a.shape[2:]), state)
     lane_step = jax.vmap(step, in_axes=(0, 0, 0))
     for size, nxt in zip(levels[1:], levels[2:] + (0,)):
-        idx = jnp.nonzero(running(flat), size=size, fill_value=lanes)[0]
-        valid = idx < lanes
-        safe = jnp.where(valid, idx, 0)
-        sub = jax.tree_util.tree_map(lambda a: a[safe], flat)
-        sub = sub._replace(done=jnp.logical_or(sub.done, ~valid))  # fill lanes never step
-        Ys, gs = Y[safe // S], g[safe // S]
-        sub = lax.while_loop(more_than(nxt),
-                             lambda st: _select_lanes(running(st), lane_step(Ys, gs, st), st), sub)
-        flat = jax.tree_util.tree_map(lambda a, s: a.at[idx].set(s, mode="drop"), flat, sub)
+        def loop(Ys, gs, sub, nxt=nxt):
+            return lax.while_loop(more_than(nxt),
+                                  lambda st: _select_lanes(running(st), lane_step(Ys, gs, st), st), sub)
+        state = _on_lanes(loop, running(state), size, Y, g, state)
+    return state
+
+
+def _on_lanes(run, mask, size, Y, g, state: FlipState) -> FlipState:
+    """``run(Ys, gs, sub)`` on the lanes where ``mask`` holds (at most ``size``), gathered with their
+    problems' ``Y`` and ``g`` into arrays of ``size`` lanes, and the results put back in place. Fill
+    lanes start as ended searches and are never written back."""
+    b, S = state.done.shape
+    lanes = b * S
+    flat = jax.tree_util.tree_map(lambda a: a.reshape((lanes,) + a.shape[2:]), state)
+    idx = jnp.nonzero(mask.reshape(-1), size=size, fill_value=lanes)[0]
+    valid = idx < lanes
+    safe = jnp.where(valid, idx, 0)
+    sub = jax.tree_util.tree_map(lambda a: a[safe], flat)
+    sub = run(Y[safe // S], g[safe // S], sub._replace(done=jnp.logical_or(sub.done, ~valid)))
+    flat = jax.tree_util.tree_map(lambda a, s: a.at[idx].set(s, mode="drop"), flat, sub)
     return jax.tree_util.tree_map(lambda a: a.reshape((b, S) + a.shape[1:]), flat)
 
 
@@ -240,26 +246,15 @@ def _apply_compacted(fn, mask, Y, g, state: FlipState) -> FlipState:
     :func:`_lane_levels` they fit in (a ``switch`` on their count: outside ``vmap`` only the chosen
     branch runs). The pair check after the first local optimum runs on every search; after the
     next ones, on the few whose pair move improved."""
-    b, S = state.done.shape
-    lanes = b * S
-    levels = _lane_levels(lanes)
+    levels = _lane_levels(state.done.size)
 
     def full(st):
         new = jax.vmap(jax.vmap(fn, in_axes=(None, None, 0)), in_axes=(0, 0, 0))(Y, g, st)
         return _select_lanes(mask, new, st)
 
-    def compacted(size):
-        def run(st):
-            flat = jax.tree_util.tree_map(lambda a: a.reshape((lanes,) + a.shape[2:]), st)
-            idx = jnp.nonzero(mask.reshape(-1), size=size, fill_value=lanes)[0]
-            safe = jnp.where(idx < lanes, idx, 0)
-            sub = jax.tree_util.tree_map(lambda a: a[safe], flat)
-            sub = jax.vmap(fn, in_axes=(0, 0, 0))(Y[safe // S], g[safe // S], sub)
-            flat = jax.tree_util.tree_map(lambda a, s: a.at[idx].set(s, mode="drop"), flat, sub)
-            return jax.tree_util.tree_map(lambda a: a.reshape((b, S) + a.shape[1:]), flat)
-        return run
-
-    branches = [full] + [compacted(size) for size in levels[1:]]
+    lane_fn = jax.vmap(fn, in_axes=(0, 0, 0))
+    branches = [full] + [functools.partial(_on_lanes, lane_fn, mask, size, Y, g)
+                         for size in levels[1:]]
     which = jnp.sum(jnp.asarray(levels) >= jnp.sum(mask)) - 1
     return lax.switch(which, branches, state)
 
@@ -284,13 +279,15 @@ def search_lanes(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
         done=jnp.zeros(B0.shape[:2], bool), converged=jnp.zeros(B0.shape[:2], bool),
     )
     max_steps = 2 * max_flips + 2
-    step = functools.partial(_flip_step_of, max_flips, tol, warm_start)
+    def step(Yp, gp, st):  # one search's step, for _flip_loop to vmap
+        return _flip_step(Yp, gp, max_flips, tol, warm_start, st)
 
     def flips(st):
         return _flip_loop(Y, g, step, max_steps, st)
 
     if pair_moves:
-        pair = functools.partial(_pair_step_of, max_flips, tol)
+        def pair(Yp, gp, st):
+            return _pair_step(Yp, gp, max_flips, tol, st)
 
         def outer(st):
             return _apply_compacted(pair, _running(st, max_steps), Y, g, flips(st))
@@ -303,14 +300,6 @@ def search_lanes(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
     # with columns swapped are common) must not depend on that.
     A = jnp.einsum("bdn,bsnk->bsdk", Y, out.B)
     return out.B, gram_nuclear(jnp.einsum("bsdk,bsdl->bskl", A, A), jnp), out.n_flips, out.converged
-
-
-def _flip_step_of(max_flips, tol, warm_start, Y, g, state):
-    return _flip_step(Y, g, max_flips, tol, warm_start, state)
-
-
-def _pair_step_of(max_flips, tol, Y, g, state):
-    return _pair_step(Y, g, max_flips, tol, state)
 
 
 def _prepare(X, G):
