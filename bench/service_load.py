@@ -44,6 +44,8 @@ CONFIGS = {
     "batched": ["--max-batch-size", "16", "--max-delay-ms", "2"],  # the defaults
     "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
+    "batched-thread": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "off"],
+    "unbatched-thread": ["--max-batch-size", "1", "--solver-process", "off"],
     "unbatched": ["--max-batch-size", "1"],
     "numpy-unbatched": ["--max-batch-size", "1", "--backend", "numpy"],
 }

@@ -57,6 +57,16 @@ def _on_off(text):
     raise argparse.ArgumentTypeError(f"{text!r} must be on or off")
 
 
+def _auto_on_off(text):
+    value = str(text).strip().lower()
+    if value == "auto":
+        return value
+    try:
+        return "on" if _on_off(value) else "off"
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be auto, on or off") from None
+
+
 def _shapes(text):
     """``"64x16,256x32"`` -> ``((64, 16), (256, 32))``; empty -> no warm-up shapes."""
     shapes = []
@@ -96,6 +106,9 @@ FLAGS = (
     ("--max-queue", _positive_int, "1024",
      "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
     ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
+    ("--solver-process", _auto_on_off, "auto",
+     "run each solver thread's work in a child process with its own interpreter lock (auto: while "
+     "the solver runs on the CPU; on, off)"),
     ("--max-concurrent-rpcs", _non_negative_int, "0",
      "most calls handled at once; gRPC refuses more with RESOURCE_EXHAUSTED before reading them "
      "(0 = max-queue + workers x max-batch-size + 64)"),
@@ -150,6 +163,7 @@ class ServeConfig:
     flush_when_idle: bool = True
     max_queue: int = 1024
     workers: int = 1
+    solver_process: str = "auto"
     max_concurrent_rpcs: int = 0
     max_rows: int = 200000
     max_cols: int = 4096

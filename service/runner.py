@@ -20,6 +20,10 @@ The service does no arithmetic: a batch of fit requests becomes one
 * A bad matrix that only the solver can detect (``exact`` on a problem too large) fails alone: a
   batch that raises ``ValueError`` is re-run one request at a time. A batch that raises anything
   else (a solver bug) fails its own requests (INTERNAL) and no other batch.
+* Solver processes (``--solver-process``, on by default while the solver runs on the CPU): each
+  solver thread hands its ``fit_many`` call to a child process (:mod:`l1pca.service.solver_process`),
+  so that the solver's Python steps do not share the event loop's interpreter lock; everything else
+  here (backend choice, fallbacks, fault injection, timeouts) stays in the server process.
 * A hung worker (a solver call past ``--solve-timeout-s``) is abandoned: the server fails its batch
   with UNAVAILABLE and :meth:`SolverRunner.replace_workers` starts a fresh thread pool (counted in
   ``l1pca_worker_restarts_total``); Python cannot kill a thread, so the hung one is left to end on its
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -135,10 +140,13 @@ class SolverRunner:
     sharded_min_rows : int
         L1-BF fits of matrices with at least this many rows run on the sharded solver over every
         JAX device (:mod:`l1pca.kernels.sharded`), one at a time; 0 turns it off.
+    solver_process : {"auto", "on", "off"}
+        Run the fits in ``workers`` child processes (:mod:`l1pca.service.solver_process`); "auto":
+        while the solver runs on the CPU.
     """
 
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
-                 fault_inject=None, sharded_min_rows=0):
+                 fault_inject=None, sharded_min_rows=0, solver_process="off"):
         self.backend, self.device, self.on_gpu = select_backend(backend)
         self._auto_cpu = backend == "auto" and not self.on_gpu
         self.sharded_min_rows = int(sharded_min_rows)
@@ -154,16 +162,39 @@ class SolverRunner:
         self._released = threading.Event()  # set at shutdown: ends injected hangs
         self._metrics = metrics
         self._faults = parse_fault_inject(fault_inject)
+        if solver_process not in ("auto", "on", "off"):
+            raise ValueError(f"solver_process={solver_process!r} is not one of auto, on, off")
+        self._procs = None
+        if solver_process == "on" or (solver_process == "auto" and not self.on_gpu):
+            from .solver_process import SolverProcesses
+
+            self._procs = SolverProcesses(self.workers)
         if self._faults:
             log.warning("fault injection is on (%s=%s); for tests only", FAULT_INJECT_ENV, fault_inject)
 
     def describe(self):
         where = f"GPU ({self.device})" if self.on_gpu else "the CPU (no usable GPU found by CuPy or JAX)"
-        return f"backend={self.backend} on {where}"
+        procs = f", in {self.workers} solver process(es)" if self._procs is not None else ""
+        return f"backend={self.backend} on {where}{procs}"
 
     def shutdown(self):
         self._released.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._procs is not None:
+            self._procs.close()
+
+    def compiled_buckets(self):
+        """JAX programs compiled where the fits run: in every solver process (the ones all of them
+        hold) when they are on, else in this process."""
+        if self._procs is not None:
+            return frozenset.intersection(*self._procs.broadcast("compiled"))
+        return compiled_buckets()
+
+    def _fit_many(self, *args, **kwargs):
+        """``fit_many`` in a solver process when they are on, else in this thread."""
+        if self._procs is not None:
+            return self._procs.call("fit_many", *args, **kwargs)
+        return fit_many(*args, **kwargs)
 
     # -- workers --------------------------------------------------------------------------------
     def submit(self, fn, *args):
@@ -189,6 +220,8 @@ class SolverRunner:
                 self.workers, thread_name_prefix="l1pca-solve")
             self.worker_restarts += 1
         old.shutdown(wait=False, cancel_futures=False)
+        if self._procs is not None:  # a hung call's process can be ended, unlike a thread
+            self._procs.replace_busy()
         log.error("solver worker replaced (%s); %d replacement(s) so far", reason, self.worker_restarts)
         if self._metrics is not None:
             self._metrics.worker_restarts.inc()
@@ -249,7 +282,7 @@ class SolverRunner:
         mats = [X for X, _ in payloads]
         sharded = (self.sharded_min_rows > 0 and key.method == "bitflip" and backend != "numpy"
                    and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
-        results: list[FitResult] = fit_many(
+        results: list[FitResult] = self._fit_many(
             mats, key.n_components, method=key.method, center=key.center, n_init=key.n_init,
             seeds=seeds, contamination=key.contamination, backend=backend,
             **({"devices": "all"} if sharded else {}))
@@ -262,27 +295,42 @@ class SolverRunner:
 
     # -- warm-up --------------------------------------------------------------------------------
     def warm_up(self, shapes, components, *, n_init, should_stop=lambda: False, threads=None):
-        """Compile the solver for each (rows x cols) shape, each K and each batch size of the ladder.
+        """Compile the solver for each (rows x cols) shape, each K and each batch size of the ladder
+        (in every solver process when they are on: each compiles its own programs).
 
         The compiles are independent and CPU-bound, so they run on ``threads`` threads (default: the
         core count, at most 4). Blocks until done; the server calls it in a solver thread before it
-        reports SERVING. Returns the number of solver calls made.
+        reports SERVING. Returns the number of solver calls made (per process).
         """
-        tasks = [(rows, cols, K, b) for rows, cols in shapes for K in components
-                 if K <= min(rows, cols)
+        tasks = [(rows, cols, K, b, self._backend_for("bitflip", K))
+                 for rows, cols in shapes for K in components if K <= min(rows, cols)
                  for b in (self.batch_sizes if self._backend_for("bitflip", K) == "jax" else (1,))]
+        if self._procs is not None:
+            return min(self._procs.broadcast("warm_up", tasks, n_init=n_init, threads=threads),
+                       default=0)
+        return run_warm_up(tasks, n_init=n_init, should_stop=should_stop, threads=threads)
 
-        def one(task):
-            rows, cols, K, b = task
-            if should_stop():
-                return 0
-            X = np.random.default_rng(rows * 7919 + cols).standard_normal((rows, cols))
-            t0 = time.perf_counter()
-            fit_many([X] * b, K, n_init=n_init, seeds=[0] * b, backend=self._backend_for("bitflip", K))
-            log.info("warm-up: %dx%d K=%d batch=%d in %.2f s", rows, cols, K, b,
-                     time.perf_counter() - t0)
-            return 1
 
-        threads = threads or max(1, min(4, os.cpu_count() or 1))
-        with ThreadPoolExecutor(threads, thread_name_prefix="l1pca-warmup") as pool:
-            return sum(pool.map(one, tasks))
+def compiled_buckets():
+    """JAX programs compiled in this process: ``(batch, rows, cols, K, starts, warm_start,
+    pair_moves)`` keys (empty when JAX was never used here)."""
+    module = sys.modules.get("l1pca.kernels.bitflip_jax")
+    return frozenset(getattr(module, "_COMPILED", ()))
+
+
+def run_warm_up(tasks, *, n_init, should_stop=None, threads=None):
+    """Run warm-up ``tasks`` ``(rows, cols, K, batch, backend)``: one ``fit_many`` of ``batch``
+    random matrices each, on ``threads`` threads. Returns the number of calls made."""
+    def one(task):
+        rows, cols, K, b, backend = task
+        if should_stop is not None and should_stop():
+            return 0
+        X = np.random.default_rng(rows * 7919 + cols).standard_normal((rows, cols))
+        t0 = time.perf_counter()
+        fit_many([X] * b, K, n_init=n_init, seeds=[0] * b, backend=backend)
+        log.info("warm-up: %dx%d K=%d batch=%d in %.2f s", rows, cols, K, b, time.perf_counter() - t0)
+        return 1
+
+    threads = threads or max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads, thread_name_prefix="l1pca-warmup") as pool:
+        return sum(pool.map(one, tasks))

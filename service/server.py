@@ -102,7 +102,8 @@ class L1PCAServer:
             self.tokens = TokenFile(cfg.auth_token_file)                                # fail fast
         self.runner = SolverRunner(cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size,
                                    metrics=self.metrics, fault_inject=self._fault_inject,
-                                   sharded_min_rows=cfg.sharded_min_rows)
+                                   sharded_min_rows=cfg.sharded_min_rows,
+                                   solver_process=cfg.solver_process)
         self.metrics.queue_capacity.set(cfg.max_queue)
         self.metrics.build.info({"version": _version(), "backend": self.runner.backend,
                                  "device": self.runner.device})

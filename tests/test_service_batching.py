@@ -55,13 +55,14 @@ def jax_server():
 
 
 def test_jax_batches_equal_the_direct_call_and_the_unbatched_answer(jax_server):
-    from l1pca.kernels import bitflip_jax
     from l1pca.kernels.solve import DEFAULT_N_INIT
 
     srv = jax_server
     assert srv.server.ready
-    # Warm-up compiled every padded batch size, a lone request's too: no request waits for XLA.
-    assert all(bitflip_jax.is_compiled((b, 16, 8, 1, DEFAULT_N_INIT, True, True)) for b in (1, 2, 4, 8))
+    # Warm-up compiled every padded batch size, a lone request's too, where the fits run (the
+    # solver process): no request waits for XLA.
+    compiled = srv.server.runner.compiled_buckets()
+    assert {(b, 16, 8, 1, DEFAULT_N_INIT, True, True) for b in (1, 2, 4, 8)} <= compiled
     jobs = [(_data(i, n=13 + i % 4, d=3 + i % 2), 1, i) for i in range(40)]  # one bucket, K=1
     before = value(srv.metrics(), "l1pca_batch_size_count")
     models = asyncio.run(_fit_all(srv.target, jobs))
