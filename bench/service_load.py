@@ -44,8 +44,8 @@ CONFIGS = {
     "batched": ["--max-batch-size", "16", "--max-delay-ms", "2"],  # the defaults
     "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
-    "batched-thread": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "off"],
-    "unbatched-thread": ["--max-batch-size", "1", "--solver-process", "off"],
+    "batched-process": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "on"],
+    "unbatched-process": ["--max-batch-size", "1", "--solver-process", "on"],
     "unbatched": ["--max-batch-size", "1"],
     "numpy-unbatched": ["--max-batch-size", "1", "--backend", "numpy"],
 }
@@ -87,12 +87,27 @@ def server_breakdown(before, after, n_requests):
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds of a process (Linux /proc), or NaN elsewhere."""
+    """User + system CPU seconds of a process and its live descendants (the solver processes;
+    Linux /proc), or NaN elsewhere."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return float("nan")
+    for child in _children(pid):
+        sub = cpu_seconds(child)
+        total += 0.0 if sub != sub else sub  # a child that just ended: NaN, skipped
+    return total
+
+
+def _children(pid):
+    out = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(p) for p in path.read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def make_pool(rows, cols, K, size=64, seed=0):
@@ -341,6 +356,7 @@ def _notes(results):
         *_cpu_note(b[64], u[64]),
         "* `numpy-unbatched` is one NumPy solve per request (what a direct `solve(X)` runs on the "
         "CPU for one matrix); the batched JAX service is compared with it too.",
+        *_process_note(cfgs),
         *_idle_note(cfgs),
         f"* GPU: {'measured on ' + gpu if gpu else 'none on this machine; no GPU numbers'}. The "
         "machine was shared with other jobs while this ran (see the `load` column), which lowers "
@@ -367,12 +383,36 @@ def _cpu_note(b, u):
         "per-call part of it too, not the per-request part). With the solver this much cheaper per "
         f"batched problem, that work is {100 * (ob + cb) / tb:.0f}% of a batched request's CPU; "
         "even a free batched "
-        f"solve would give at most {tu / (ob + cb):.1f}x. (The solver column is wall time of the "
-        "solver thread, which shares the GIL and the cores with the event loop and the load "
-        "generator: `fit_many` on these matrices, in batches of 16 in a process of its own, takes "
-        "0.4-0.5 ms per problem on this machine, about half of what it takes here.) A GPU "
-        "runs the lanes side by side and takes the solver off these cores.",
+        f"solve would give at most {tu / (ob + cb):.1f}x. (The solver column is the wall time "
+        "of the solver call as the server sees it, the round trip to a solver process included; "
+        "server CPU counts the solver processes, if any.) A GPU runs the lanes side by side and takes the "
+        "solver off these cores.",
     ]
+
+
+def _process_note(cfgs):
+    """``--solver-process on`` (``-process``) against the default solver thread, where both ran."""
+    pairs = [(a, a + "-process") for a in ("batched", "unbatched") if a + "-process" in cfgs and a in cfgs]
+    if not pairs:
+        return []
+    cells = []
+    for a, p in pairs:
+        pa = {r["concurrency"]: r for r in cfgs[a]["levels"]}
+        pp = {r["concurrency"]: r for r in cfgs[p]["levels"]}
+        cells.append(f"{a}: " + ", ".join(
+            f"c={c}: {pp[c]['throughput_rps'] / pa[c]['throughput_rps']:.2f}x"
+            for c in sorted(set(pa) & set(pp))))
+    both = ""
+    if {"batched-process", "unbatched-process"} <= set(cfgs):
+        b = {r["concurrency"]: r for r in cfgs["batched-process"]["levels"]}
+        u = {r["concurrency"]: r for r in cfgs["unbatched-process"]["levels"]}
+        both = (" With solver processes in both, batched / unbatched: " + ", ".join(
+            f"c={c}: {b[c]['throughput_rps'] / u[c]['throughput_rps']:.2f}x"
+            for c in sorted(set(b) & set(u))) + ".")
+    return ["* Solver processes (`-process`: `--solver-process on`) against the default solver "
+            "thread, throughput side by side: " + "; ".join(cells) + ". In a thread the solver's "
+            "NumPy steps share the interpreter lock with the event loop serving gRPC; in a child "
+            "process each call pays a round trip through a pipe." + both]
 
 
 def _idle_note(cfgs):

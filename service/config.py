@@ -106,9 +106,10 @@ FLAGS = (
     ("--max-queue", _positive_int, "1024",
      "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
     ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
-    ("--solver-process", _auto_on_off, "auto",
-     "run each solver thread's work in a child process with its own interpreter lock (auto: while "
-     "the solver runs on the CPU; on, off)"),
+    ("--solver-process", _auto_on_off, "off",
+     "run each solver thread's fits in a child process with its own interpreter lock: more batched "
+     "throughput under concurrency on the CPU, a round trip more per call (on, off, or auto: on "
+     "while the solver runs on the CPU)"),
     ("--max-concurrent-rpcs", _non_negative_int, "0",
      "most calls handled at once; gRPC refuses more with RESOURCE_EXHAUSTED before reading them "
      "(0 = max-queue + workers x max-batch-size + 64)"),
@@ -163,7 +164,7 @@ class ServeConfig:
     flush_when_idle: bool = True
     max_queue: int = 1024
     workers: int = 1
-    solver_process: str = "auto"
+    solver_process: str = "off"
     max_concurrent_rpcs: int = 0
     max_rows: int = 200000
     max_cols: int = 4096

@@ -20,10 +20,10 @@ The service does no arithmetic: a batch of fit requests becomes one
 * A bad matrix that only the solver can detect (``exact`` on a problem too large) fails alone: a
   batch that raises ``ValueError`` is re-run one request at a time. A batch that raises anything
   else (a solver bug) fails its own requests (INTERNAL) and no other batch.
-* Solver processes (``--solver-process``, on by default while the solver runs on the CPU): each
-  solver thread hands its ``fit_many`` call to a child process (:mod:`l1pca.service.solver_process`),
-  so that the solver's Python steps do not share the event loop's interpreter lock; everything else
-  here (backend choice, fallbacks, fault injection, timeouts) stays in the server process.
+* Solver processes (``--solver-process on``; off by default): each solver thread hands its
+  ``fit_many`` call to a child process (:mod:`l1pca.service.solver_process`), so that the solver's
+  Python steps do not share the event loop's interpreter lock; everything else here (backend choice,
+  fallbacks, fault injection, timeouts) stays in the server process.
 * A hung worker (a solver call past ``--solve-timeout-s``) is abandoned: the server fails its batch
   with UNAVAILABLE and :meth:`SolverRunner.replace_workers` starts a fresh thread pool (counted in
   ``l1pca_worker_restarts_total``); Python cannot kill a thread, so the hung one is left to end on its
@@ -168,7 +168,8 @@ class SolverRunner:
         if solver_process == "on" or (solver_process == "auto" and not self.on_gpu):
             from .solver_process import SolverProcesses
 
-            self._procs = SolverProcesses(self.workers)
+            self._procs = SolverProcesses(
+                self.workers, preload=("l1pca.kernels.bitflip_jax",) if self.backend == "jax" else ())
         if self._faults:
             log.warning("fault injection is on (%s=%s); for tests only", FAULT_INJECT_ENV, fault_inject)
 

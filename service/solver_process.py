@@ -2,12 +2,13 @@
 
 Why: the server's event loop (gRPC, decoding, encoding) and a solver thread share one interpreter
 lock. The solver's NumPy steps around the compiled search (centring, checks, Procrustes, scores)
-then time-slice the lock with the event loop, and on the 2-core box a batch of 16 took twice as long
-inside the server as alone; side by side, a server whose solver ran in a child process answered
-24-26% more batched requests per second (c=16 and c=64, ``bench/service_load.py``). A lone request
-pays the round trip (about 0.1-0.2 ms), so ``--solver-process auto`` uses children only while the
-solver runs on the CPU: on a GPU the parent holds the device, and a second process would have to share
-its memory.
+then time-slice the lock with the event loop: on the 2-core box a batch of 16 took about twice as
+long inside the server as alone. Side by side (``bench/service_load.py``, 64 x 16, K=2), a server
+with ``--solver-process on`` answered 12-30% more batched requests per second at concurrency 16 to
+256 in four of five runs (12% fewer in one run with six servers on the box), and each call pays the
+round trip: 0.3 ms for an empty call on this machine, about 0.6 ms on a lone 64 x 16 fit (3.2
+against 2.6 ms). Off by default; ``auto`` turns it on only while the solver runs on the CPU (on a
+GPU the server process holds the device, and a second process would have to share its memory).
 
 :class:`SolverProcesses` keeps one child per solver thread (``--workers``). A call takes an idle
 child, sends it the arguments (pickled over a pipe) and waits for the answer; an exception raised in
@@ -38,8 +39,12 @@ class SolverProcessDied(RuntimeError):
     """The solver process ended while it held a call (killed, out of memory, or replaced)."""
 
 
-def _child_main(conn):
+def _child_main(conn, preload=()):
     """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes."""
+    import importlib
+
+    for name in preload:  # before any thread of the child imports it lazily (a half-imported module)
+        importlib.import_module(name)
     from l1pca.kernels.fitting import fit_many
 
     from .runner import compiled_buckets, run_warm_up
@@ -62,9 +67,9 @@ def _child_main(conn):
 
 
 class _Child:
-    def __init__(self, ctx):
+    def __init__(self, ctx, preload):
         self.conn, child_end = ctx.Pipe()
-        self.process = ctx.Process(target=_child_main, args=(child_end,), daemon=True,
+        self.process = ctx.Process(target=_child_main, args=(child_end, preload), daemon=True,
                                    name="l1pca-solver")
         self.process.start()
         child_end.close()
@@ -99,16 +104,19 @@ class SolverProcesses:
     ----------
     count : int
         Children to keep (the solver thread count: a call never waits for a child).
+    preload : tuple of str
+        Modules each child imports first (``l1pca.kernels.bitflip_jax`` for the JAX backend).
     """
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, preload=()):
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._preload = tuple(preload)
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Child] = queue.Queue()
         self._busy: set[_Child] = set()
         self._closed = False
         for _ in range(int(count)):
-            self._idle.put(_Child(self._ctx))
+            self._idle.put(_Child(self._ctx, self._preload))
 
     def call(self, op: str, *args, **kwargs):
         """Run ``op`` (``"fit_many"``, ``"warm_up"`` or ``"compiled"``) in an idle child; its result
@@ -150,7 +158,7 @@ class SolverProcesses:
         for child in busy:
             child.kill(close_pipe=False)  # its caller is waiting on the pipe
             if not self._closed:
-                self._idle.put(_Child(self._ctx))
+                self._idle.put(_Child(self._ctx, self._preload))
         return len(busy)
 
     def close(self):
@@ -201,7 +209,7 @@ class SolverProcesses:
                   child.process.exitcode)
         if self._closed:
             return None
-        fresh = _Child(self._ctx)
+        fresh = _Child(self._ctx, self._preload)
         with self._lock:
             self._busy.add(fresh)
         return fresh

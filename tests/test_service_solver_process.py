@@ -94,10 +94,40 @@ def test_the_flag_takes_auto_on_off(monkeypatch):
         p = add_serve_arguments(argparse.ArgumentParser(), environ=env or {})
         return ServeConfig.from_args(p.parse_args(argv)).solver_process
 
-    assert parse([]) == "auto"
+    assert parse([]) == "off"
+    assert parse(["--solver-process", "auto"]) == "auto"
     assert parse(["--solver-process", "off"]) == "off"
     assert parse([], {"L1PCA_SOLVER_PROCESS": "on"}) == "on"
     with pytest.raises(SystemExit):
         parse(["--solver-process", "sometimes"])
     with pytest.raises(ValueError, match="solver_process='maybe'"):
         SolverRunner("numpy", solver_process="maybe")
+
+
+def test_a_server_with_solver_processes_answers_as_a_direct_fit():
+    """Through gRPC: batches formed in the server, fitted in its solver process, equal the direct
+    fits; a bad request fails alone and the server goes on."""
+    import asyncio
+
+    from conftest_service import ServerThread
+
+    from l1pca.client import AsyncClient, Client, ClientError
+
+    jobs = [(_data(i, n=20 + i % 3, d=5), i) for i in range(12)]
+    with ServerThread(solver_process="on", max_batch_size=8, max_delay_ms=20) as srv:
+        assert srv.server.runner.describe().endswith("in 1 solver process(es)")
+
+        async def fit_all():
+            async with AsyncClient(srv.target, timeout_s=60) as client:
+                return await asyncio.gather(*(client.fit(X, 2, seed=s) for X, s in jobs))
+
+        models = asyncio.run(fit_all())
+        for (X, seed), model in zip(jobs, models):
+            direct = fit_many([X], 2, seeds=[seed], backend="numpy")[0]
+            np.testing.assert_array_equal(model.components, direct.components)
+            assert model.threshold == direct.threshold
+        with Client(srv.target, timeout_s=30) as client:
+            with pytest.raises(ClientError) as err:
+                client.fit(_data(0, n=3, d=5), 4, seed=0)  # K > rows
+            assert err.value.code.name == "INVALID_ARGUMENT"
+            assert client.fit(_data(1), 1, seed=0).components.shape == (1, 6)
