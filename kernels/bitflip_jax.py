@@ -183,6 +183,11 @@ def _lane_levels(lanes: int) -> tuple[int, ...]:
     return tuple(levels)
 
 
+def _over_bucket(fn):
+    """One search's ``fn(Y, g, state)`` over a bucket: problems (with their Y, g) x starts."""
+    return jax.vmap(jax.vmap(fn, in_axes=(None, None, 0)), in_axes=(0, 0, 0))
+
+
 def _select_lanes(mask, new, old):
     """Per-lane choice between two states: ``new`` where ``mask`` (the leading lane axes) holds."""
     def pick(a, b):
@@ -212,7 +217,7 @@ def _flip_loop(Y, g, step, max_steps, state: FlipState) -> FlipState:
     def more_than(limit):
         return lambda st: jnp.sum(running(st)) > limit
 
-    full_step = jax.vmap(jax.vmap(step, in_axes=(None, None, 0)), in_axes=(0, 0, 0))
+    full_step = _over_bucket(step)
     nxt = levels[1] if len(levels) > 1 else 0
     state = lax.while_loop(more_than(nxt),
                            lambda st: _select_lanes(running(st), full_step(Y, g, st), st), state)
@@ -249,7 +254,7 @@ def _apply_compacted(fn, mask, Y, g, state: FlipState) -> FlipState:
     levels = _lane_levels(state.done.size)
 
     def full(st):
-        new = jax.vmap(jax.vmap(fn, in_axes=(None, None, 0)), in_axes=(0, 0, 0))(Y, g, st)
+        new = _over_bucket(fn)(Y, g, st)
         return _select_lanes(mask, new, st)
 
     lane_fn = jax.vmap(fn, in_axes=(0, 0, 0))

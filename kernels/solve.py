@@ -279,11 +279,10 @@ def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, 
         for sub, stack in equal_shapes([mats[i] for i in idx]):  # one call per step for each shape
             Bs = np.stack([outs[j][0] for j in sub])
             Q = procrustes(np.swapaxes(stack, -1, -2) @ Bs)
-            Q, signs, objective = _canonical_stack(Q, Bs, np.abs(stack @ Q).sum(axis=-2))
-            for t, j in enumerate(sub):
-                results[idx[j]] = SolveResult(
-                    components=Q[t], signs=signs[t], objective=float(objective[t]), backend=name,
-                    method="bitflip", n_flips=int(outs[j][1]), n_iter=0, converged=bool(outs[j][2]))
+            done = _canonical_many(Q, Bs, np.abs(stack @ Q).sum(axis=-2), name, "bitflip",
+                                   [dict(n_flips=outs[j][1], converged=outs[j][2]) for j in sub])
+            for j, res in zip(sub, done):
+                results[idx[j]] = res
     return results
 
 
@@ -393,16 +392,13 @@ def _finish(X, Q, B, backend, method, **info):
 
 def _canonical(Q, B, column_l1, backend, method, *, n_flips=0, n_iter=0, converged=True):
     """The result record from Q, B and ``||X q_k||_1`` per column (computed where X lives)."""
-    Q, B, objective = _canonical_stack(Q[None], B[None], column_l1[None])
-    return SolveResult(
-        components=Q[0], signs=B[0], objective=float(objective[0]), backend=backend, method=method,
-        n_flips=int(n_flips), n_iter=int(n_iter), converged=bool(converged),
-    )
+    return _canonical_many(Q[None], B[None], column_l1[None], backend, method,
+                           [dict(n_flips=n_flips, n_iter=n_iter, converged=converged)])[0]
 
 
-def _canonical_stack(Q, B, column_l1):
-    """Canonical column order and signs for a stack: Q (m, D, K), B (m, N, K), column_l1 (m, K).
-    Returns ``(Q, signs as int8, objective)`` with the same leading axis."""
+def _canonical_many(Q, B, column_l1, backend, method, infos):
+    """:func:`_canonical` for a stack: Q (m, D, K), B (m, N, K), column_l1 (m, K), and one dict of
+    ``n_flips`` / ``n_iter`` / ``converged`` per problem. One record per problem."""
     # Column order and signs are arbitrary for the problem (B's columns may be permuted and negated);
     # fix them so that every backend and every start returns the same answer for the same optimum.
     order = np.argsort(-column_l1, axis=-1, kind="stable")
@@ -411,4 +407,9 @@ def _canonical_stack(Q, B, column_l1):
     column_l1 = np.take_along_axis(column_l1, order, axis=-1)
     peak = np.abs(Q).argmax(axis=-2)  # (m, K)
     flip = np.where(np.take_along_axis(Q, peak[:, None, :], axis=-2) < 0, -1.0, 1.0)  # (m, 1, K)
-    return np.ascontiguousarray(Q * flip), (B * flip).astype(np.int8), column_l1.sum(axis=-1)
+    Q, signs, objective = (np.ascontiguousarray(Q * flip), (B * flip).astype(np.int8),
+                           column_l1.sum(axis=-1))
+    return [SolveResult(components=Q[t], signs=signs[t], objective=float(objective[t]),
+                        backend=backend, method=method, n_flips=int(info.get("n_flips", 0)),
+                        n_iter=int(info.get("n_iter", 0)), converged=bool(info.get("converged", True)))
+            for t, info in enumerate(infos)]

@@ -32,7 +32,6 @@ class RemoteError(RuntimeError):
 
     def __init__(self, type_name: str, message: str):
         super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
 
 
 class SolverProcessDied(RuntimeError):
