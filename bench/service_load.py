@@ -44,6 +44,9 @@ CONFIGS = {
     "batched": ["--max-batch-size", "16", "--max-delay-ms", "2"],  # the defaults
     "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
+    # --solver-process auto (the default) sends batches of 2 or more to a solver process and keeps a
+    # lone request in the solver thread; "off" keeps every fit in the thread, "on" sends every one.
+    "batched-thread": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "off"],
     "batched-process": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "on"],
     "unbatched-process": ["--max-batch-size", "1", "--solver-process", "on"],
     "unbatched": ["--max-batch-size", "1"],
@@ -228,7 +231,7 @@ def stop_server(proc):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="batched,unbatched,numpy-unbatched",
+    p.add_argument("--configs", default="batched,batched-thread,unbatched,numpy-unbatched",
                    help=f"server configurations to run, from {', '.join(CONFIGS)}")
     p.add_argument("--concurrency", default="1,4,16,64,256", help="comma-separated levels")
     p.add_argument("--requests", type=int, default=1000, help="Fit requests per level and server")
@@ -304,7 +307,9 @@ def render_markdown(results):
         "are measured side by side, not minutes apart.",
         "",
         "Server-side columns are means per request from `/metrics` deltas: time in the server, queue "
-        "wait, the solver call of its batch, and the rest (decode, checks, encode, gRPC). CPU columns: "
+        "wait, the solver call of its batch (from when the solver could start it), and the rest "
+        "(decode, checks, encode, gRPC, and a full batch's wait at a busy solver process when it was "
+        "handed over ahead of its turn). CPU columns: "
         "CPU time of the server process and of the load generator per request. `load`: the 1-minute "
         "load average during the level (other work on the machine shows up there).",
         "",
@@ -391,28 +396,26 @@ def _cpu_note(b, u):
 
 
 def _process_note(cfgs):
-    """``--solver-process on`` (``-process``) against the default solver thread, where both ran."""
-    pairs = [(a, a + "-process") for a in ("batched", "unbatched") if a + "-process" in cfgs and a in cfgs]
+    """Where the fits ran: ``batched`` (``--solver-process auto``) against ``batched-thread`` (off)
+    and ``batched-process`` (on), and ``unbatched`` against ``unbatched-process``, where both ran."""
+    pairs = [(a, p) for a, p in (("batched", "batched-thread"), ("batched", "batched-process"),
+                                 ("unbatched", "unbatched-process")) if a in cfgs and p in cfgs]
     if not pairs:
         return []
     cells = []
     for a, p in pairs:
         pa = {r["concurrency"]: r for r in cfgs[a]["levels"]}
         pp = {r["concurrency"]: r for r in cfgs[p]["levels"]}
-        cells.append(f"{a}: " + ", ".join(
-            f"c={c}: {pp[c]['throughput_rps'] / pa[c]['throughput_rps']:.2f}x"
+        cells.append(f"{a} / {p}: " + ", ".join(
+            f"c={c}: {pa[c]['throughput_rps'] / pp[c]['throughput_rps']:.2f}x"
             for c in sorted(set(pa) & set(pp))))
-    both = ""
-    if {"batched-process", "unbatched-process"} <= set(cfgs):
-        b = {r["concurrency"]: r for r in cfgs["batched-process"]["levels"]}
-        u = {r["concurrency"]: r for r in cfgs["unbatched-process"]["levels"]}
-        both = (" With solver processes in both, batched / unbatched: " + ", ".join(
-            f"c={c}: {b[c]['throughput_rps'] / u[c]['throughput_rps']:.2f}x"
-            for c in sorted(set(b) & set(u))) + ".")
-    return ["* Solver processes (`-process`: `--solver-process on`) against the default solver "
-            "thread, throughput side by side: " + "; ".join(cells) + ". In a thread the solver's "
-            "NumPy steps share the interpreter lock with the event loop serving gRPC; in a child "
-            "process each call pays a round trip through a pipe." + both]
+    return ["* Solver processes, throughput side by side: " + "; ".join(cells) + ". `batched` runs "
+            "the default `--solver-process auto`: a batch of 2 or more goes to a child process with "
+            "its own interpreter lock, with the next full batch already in its pipe, and a lone "
+            "request stays in the server's solver thread (no round trip). `-thread` keeps every fit "
+            "in that thread, where the solver's NumPy steps share the lock with the event loop "
+            "serving gRPC; `-process` sends every fit to the child, a lone one too. With "
+            "`--max-batch-size 1` (`unbatched`), `auto` starts no child."]
 
 
 def _idle_note(cfgs):

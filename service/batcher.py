@@ -10,6 +10,9 @@ A small class around per-key queues, in the manner of Ray Serve's ``@serve.batch
 * with ``flush_when_idle``, also at once when no batch is computing, unless recent batches showed
   that waiting gathers batch-mates (:class:`_IdleRule`): a lone client calling in a loop does not pay
   the delay (which halved its throughput), while a few clients in step still wait for each other;
+* with ``standby_batches``, that many more batches may be handed to the solver while every slot is
+  busy, but only full ones: they wait at the solver (a solver process's pipe) and start the moment a
+  slot's batch ends, while a partial batch keeps queueing for company;
 * when several keys are ready, the one whose oldest request has waited longest goes first;
 * the batch function returns one result per payload (checked); an exception as a result fails only
   that request, an exception raised by the batch function fails every request of that batch and no
@@ -113,6 +116,9 @@ class Batcher:
         Most requests waiting (all keys together); beyond it ``submit`` raises :class:`Overloaded`.
     max_concurrent_batches : int
         Batches computing at once (the solver's worker count).
+    standby_batches : int
+        Full batches that may be handed over beyond those, to wait at the solver for a free slot
+        (0: none).
     flush_when_idle : bool
         Flush the oldest key at once, whatever its size, while no batch is computing and recent
         batches did not show that waiting gathers batch-mates (:class:`_IdleRule`).
@@ -121,10 +127,12 @@ class Batcher:
     """
 
     def __init__(self, run_batch: BatchFn, *, max_batch_size: int, max_delay_s: float, max_queue: int,
-                 max_concurrent_batches: int = 1, flush_when_idle: bool = False, metrics=None):
-        if max_batch_size < 1 or max_queue < 1 or max_concurrent_batches < 1 or max_delay_s < 0:
-            raise ValueError("max_batch_size, max_queue and max_concurrent_batches must be >= 1 and "
-                             "max_delay_s >= 0")
+                 max_concurrent_batches: int = 1, standby_batches: int = 0,
+                 flush_when_idle: bool = False, metrics=None):
+        if max_batch_size < 1 or max_queue < 1 or max_concurrent_batches < 1 or max_delay_s < 0 \
+                or standby_batches < 0:
+            raise ValueError("max_batch_size, max_queue and max_concurrent_batches must be >= 1, "
+                             "max_delay_s and standby_batches >= 0")
         self._run_batch = run_batch
         self.max_batch_size = int(max_batch_size)
         self.max_delay_s = float(max_delay_s)
@@ -135,7 +143,8 @@ class Batcher:
         self._idle_rule = _IdleRule(self.max_delay_s)
         self._pending: dict[Hashable, collections.deque[_Item]] = {}
         self._depth = 0
-        self._slots = asyncio.Semaphore(int(max_concurrent_batches))
+        self._slots = int(max_concurrent_batches)
+        self._standby = int(standby_batches)
         self._wakeup = asyncio.Event()
         self._draining = False  # flush at once, without waiting for company
         self._closing = False  # and take no new work
@@ -234,14 +243,8 @@ class Batcher:
 
     async def _dispatch(self):
         while True:
-            await self._slots.acquire()
-            try:
-                batch = await self._next_batch()
-            except BaseException:
-                self._slots.release()
-                raise
+            batch = await self._next_batch()
             if batch is None:
-                self._slots.release()
                 return
             self._computing += 1
             task = asyncio.get_running_loop().create_task(self._run(*batch))
@@ -254,21 +257,26 @@ class Batcher:
         while True:
             self._wakeup.clear()
             now = time.monotonic()
-            self._expire(now)
-            key, reason = self._ready_key(now)
-            if key is not None:
-                self.stats.flushes[reason] += 1
-                if self._metrics is not None:
-                    self._metrics.batch_flushes.labels(reason).inc()
-                items = self._take(key)
-                self._idle_rule.flushed(reason, len(items), now, items[0].came_to_idle)
-                return key, items, reason
+            slot_free = self._computing < self._slots
+            if slot_free:
+                self._expire(now)
+            if slot_free or self._computing < self._slots + self._standby:
+                key, reason = self._ready_key(now)
+                if key is not None:
+                    self.stats.flushes[reason] += 1
+                    if self._metrics is not None:
+                        self._metrics.batch_flushes.labels(reason).inc()
+                    items = self._take(key)
+                    self._idle_rule.flushed(reason, len(items), now, items[0].came_to_idle)
+                    return key, items, reason
             if self._closing and not self._pending:
                 return None
-            heads = [q[0].enqueued for q in self._pending.values()]
-            deadlines = [it.deadline for q in self._pending.values() for it in q if it.deadline]
-            wake = [t + self.max_delay_s for t in heads] + deadlines
-            timeout = max(0.0, min(wake) - now) if wake else None
+            timeout = None
+            if slot_free:  # else only a batch's end (or, for a standby batch, a new request) wakes it
+                heads = [q[0].enqueued for q in self._pending.values()]
+                deadlines = [it.deadline for q in self._pending.values() for it in q if it.deadline]
+                wake = [t + self.max_delay_s for t in heads] + deadlines
+                timeout = max(0.0, min(wake) - now) if wake else None
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except asyncio.TimeoutError:
@@ -289,11 +297,14 @@ class Batcher:
     def _ready_key(self, now):
         """``(key, reason)`` of the batch to flush now (the oldest head first), or ``(None, None)``."""
         idle = self.flush_when_idle and self._computing == 0 and self._idle_rule.allows()
+        standby = self._computing >= self._slots  # a standby batch: full ones only
         best = None
         for key, queue in self._pending.items():
             head = queue[0].enqueued
             if len(queue) >= self.max_batch_size:
                 reason = "full"
+            elif standby:
+                continue
             elif now - head >= self.max_delay_s:
                 reason = "delay"
             elif self._draining:
@@ -343,5 +354,4 @@ class Batcher:
             if reason == "idle":
                 self._idle_rule.idle_batch_done()
             self._computing -= 1
-            self._slots.release()
             self._wakeup.set()

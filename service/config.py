@@ -106,13 +106,15 @@ FLAGS = (
     ("--max-queue", _positive_int, "1024",
      "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
     ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
-    ("--solver-process", _auto_on_off, "off",
+    ("--solver-process", _auto_on_off, "auto",
      "run each solver thread's fits in a child process with its own interpreter lock: more batched "
-     "throughput under concurrency on the CPU, a round trip more per call (on, off, or auto: on "
-     "while the solver runs on the CPU)"),
+     "throughput under concurrency on the CPU, a round trip more per call (on: every fit; auto: "
+     "batches of 2 or more while the solver runs on the CPU, a lone request in the solver thread; "
+     "off: none)"),
     ("--max-concurrent-rpcs", _non_negative_int, "0",
      "most calls handled at once; gRPC refuses more with RESOURCE_EXHAUSTED before reading them "
-     "(0 = max-queue + workers x max-batch-size + 64)"),
+     "(0 = max-queue + workers x max-batch-size + 64, twice the workers with solver processes: each "
+     "holds a batch ahead)"),
     ("--max-rows", _positive_int, "200000", "most rows (samples) per matrix"),
     ("--max-cols", _positive_int, "4096", "most columns (features) per matrix"),
     ("--max-request-bytes", _positive_int, str(64 * 1024 * 1024),
@@ -164,7 +166,7 @@ class ServeConfig:
     flush_when_idle: bool = True
     max_queue: int = 1024
     workers: int = 1
-    solver_process: str = "off"
+    solver_process: str = "auto"
     max_concurrent_rpcs: int = 0
     max_rows: int = 200000
     max_cols: int = 4096

@@ -20,10 +20,12 @@ The service does no arithmetic: a batch of fit requests becomes one
 * A bad matrix that only the solver can detect (``exact`` on a problem too large) fails alone: a
   batch that raises ``ValueError`` is re-run one request at a time. A batch that raises anything
   else (a solver bug) fails its own requests (INTERNAL) and no other batch.
-* Solver processes (``--solver-process on``; off by default): each solver thread hands its
-  ``fit_many`` call to a child process (:mod:`l1pca.service.solver_process`), so that the solver's
-  Python steps do not share the event loop's interpreter lock; everything else here (backend choice,
-  fallbacks, fault injection, timeouts) stays in the server process.
+* Solver processes (``--solver-process``): each solver thread hands its ``fit_many`` call to a
+  child process (:mod:`l1pca.service.solver_process`), so that the solver's Python steps do not
+  share the event loop's interpreter lock; everything else here (backend choice, fallbacks, fault
+  injection, timeouts) stays in the server process. ``on``: every call; ``auto`` (the default; on
+  the CPU only): batches of two or more, while a lone request runs in the solver thread, where it
+  skips the pipe's round trip and, with little else to do, there is no lock to share.
 * A hung worker (a solver call past ``--solve-timeout-s``) is abandoned: the server fails its batch
   with UNAVAILABLE and :meth:`SolverRunner.replace_workers` starts a fresh thread pool (counted in
   ``l1pca_worker_restarts_total``); Python cannot kill a thread, so the hung one is left to end on its
@@ -43,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from l1pca.kernels import backends
-from l1pca.kernels.fitting import FitResult, fit_many
+from l1pca.kernels.fitting import fit_many
 
 from .errors import InvalidArgument
 
@@ -71,6 +73,12 @@ class FitKey(NamedTuple):
 
 class InjectedDeviceFault(RuntimeError):
     """Stands for a GPU failure (out of memory) in tests."""
+
+
+PROCESS_MIN_BATCH = 2
+"""``--solver-process auto``: the smallest batch sent to a solver process. A lone request runs in the
+solver thread: the pipe's round trip (0.3 ms empty, 0.6 ms on a 64 x 16 fit) cost 16% of the
+throughput of one client at a time, and a lone request means the event loop has little else to do."""
 
 
 def batch_ladder(max_batch_size):
@@ -141,12 +149,12 @@ class SolverRunner:
         L1-BF fits of matrices with at least this many rows run on the sharded solver over every
         JAX device (:mod:`l1pca.kernels.sharded`), one at a time; 0 turns it off.
     solver_process : {"auto", "on", "off"}
-        Run the fits in ``workers`` child processes (:mod:`l1pca.service.solver_process`); "auto":
-        while the solver runs on the CPU.
+        Run the fits in ``workers`` child processes (:mod:`l1pca.service.solver_process`): "on"
+        every fit; "auto" on the CPU only, and only batches of at least :data:`PROCESS_MIN_BATCH`.
     """
 
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
-                 fault_inject=None, sharded_min_rows=0, solver_process="off"):
+                 fault_inject=None, sharded_min_rows=0, solver_process="auto"):
         self.backend, self.device, self.on_gpu = select_backend(backend)
         self._auto_cpu = backend == "auto" and not self.on_gpu
         self.sharded_min_rows = int(sharded_min_rows)
@@ -156,7 +164,6 @@ class SolverRunner:
             # importing it at once can see a partly initialised module.
             import l1pca.kernels.bitflip_jax  # noqa: F401
         self.workers = int(workers)
-        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="l1pca-solve")
         self.worker_restarts = 0
         self._pool_lock = threading.Lock()
         self._released = threading.Event()  # set at shutdown: ends injected hangs
@@ -165,18 +172,34 @@ class SolverRunner:
         if solver_process not in ("auto", "on", "off"):
             raise ValueError(f"solver_process={solver_process!r} is not one of auto, on, off")
         self._procs = None
-        if solver_process == "on" or (solver_process == "auto" and not self.on_gpu):
+        # Batches this small run in the solver thread even with solver processes.
+        self._process_min_batch = PROCESS_MIN_BATCH if solver_process == "auto" else 1
+        if solver_process == "on" or (solver_process == "auto" and not self.on_gpu
+                                      and max_batch_size >= PROCESS_MIN_BATCH):
             from .solver_process import SolverProcesses
 
             self._procs = SolverProcesses(
                 self.workers, preload=("l1pca.kernels.bitflip_jax",) if self.backend == "jax" else ())
+        # With solver processes, a thread per call a child can hold: the batch after the running one
+        # waits in the child's pipe, not in this pool's queue.
+        self.standby_batches = self.workers * (self._procs.depth - 1) if self._procs is not None else 0
+        self._threads = self.workers + self.standby_batches
+        self.executor = ThreadPoolExecutor(self._threads, thread_name_prefix="l1pca-solve")
         if self._faults:
             log.warning("fault injection is on (%s=%s); for tests only", FAULT_INJECT_ENV, fault_inject)
 
     def describe(self):
         where = f"GPU ({self.device})" if self.on_gpu else "the CPU (no usable GPU found by CuPy or JAX)"
-        procs = f", in {self.workers} solver process(es)" if self._procs is not None else ""
+        procs = ""
+        if self._procs is not None:
+            procs = f", in {self.workers} solver process(es)"
+            if self._process_min_batch > 1:
+                procs += f" for batches of {self._process_min_batch} or more"
         return f"backend={self.backend} on {where}{procs}"
+
+    def _in_process(self, batch: int) -> bool:
+        """Whether a batch of this many fits runs in a solver process (else in the thread)."""
+        return self._procs is not None and batch >= self._process_min_batch
 
     def shutdown(self):
         self._released.set()
@@ -185,17 +208,21 @@ class SolverRunner:
             self._procs.close()
 
     def compiled_buckets(self):
-        """JAX programs compiled where the fits run: in every solver process (the ones all of them
-        hold) when they are on, else in this process."""
-        if self._procs is not None:
-            return frozenset.intersection(*self._procs.broadcast("compiled"))
-        return compiled_buckets()
+        """JAX programs compiled where the fits of their batch size run: in every solver process
+        (the ones all of them hold), in this process for the batches that stay here."""
+        here = compiled_buckets()
+        if self._procs is None:
+            return here
+        there = frozenset.intersection(*self._procs.broadcast("compiled"))
+        return there | {key for key in here if not self._in_process(key[0])}
 
-    def _fit_many(self, *args, **kwargs):
-        """``fit_many`` in a solver process when they are on, else in this thread."""
-        if self._procs is not None:
-            return self._procs.call("fit_many", *args, **kwargs)
-        return fit_many(*args, **kwargs)
+    def _fit_many(self, mats, *args, **kwargs):
+        """``(results, started)``: ``fit_many`` in a solver process when the batch goes there, else
+        in this thread; ``started`` is when it could start (in a child, after the call ahead)."""
+        if self._in_process(len(mats)):
+            return self._procs.call_timed("fit_many", mats, *args, **kwargs)
+        started = time.perf_counter()
+        return fit_many(mats, *args, **kwargs), started
 
     # -- workers --------------------------------------------------------------------------------
     def submit(self, fn, *args):
@@ -218,7 +245,7 @@ class SolverRunner:
             if pool is not None and pool is not self.executor:
                 return False
             old, self.executor = self.executor, ThreadPoolExecutor(
-                self.workers, thread_name_prefix="l1pca-solve")
+                self._threads, thread_name_prefix="l1pca-solve")
             self.worker_restarts += 1
         old.shutdown(wait=False, cancel_futures=False)
         if self._procs is not None:  # a hung call's process can be ended, unlike a thread
@@ -279,19 +306,20 @@ class SolverRunner:
         if "hang_seed" in self._faults and self._faults["hang_seed"] in seeds:
             self._released.wait(3600.0)  # a hung worker, until the server stops (bounded)
             raise RuntimeError("injected hang ended")
-        start = time.perf_counter()
         mats = [X for X, _ in payloads]
         sharded = (self.sharded_min_rows > 0 and key.method == "bitflip" and backend != "numpy"
                    and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
-        results: list[FitResult] = self._fit_many(
+        start = time.perf_counter()
+        results, started = self._fit_many(
             mats, key.n_components, method=key.method, center=key.center, n_init=key.n_init,
             seeds=seeds, contamination=key.contamination, backend=backend,
             **({"devices": "all"} if sharded else {}))
         if sharded and self._metrics is not None:
             self._metrics.sharded_fits.inc(len(mats))
         if self._metrics is not None:
+            # From when the solver could start it: a batch sent ahead waits for the one before it.
             self._metrics.solve_duration.labels(results[0].backend, key.method).observe(
-                time.perf_counter() - start)
+                time.perf_counter() - max(start, started))
         return results
 
     # -- warm-up --------------------------------------------------------------------------------
@@ -306,10 +334,17 @@ class SolverRunner:
         tasks = [(rows, cols, K, b, self._backend_for("bitflip", K))
                  for rows, cols in shapes for K in components if K <= min(rows, cols)
                  for b in (self.batch_sizes if self._backend_for("bitflip", K) == "jax" else (1,))]
-        if self._procs is not None:
-            return min(self._procs.broadcast("warm_up", tasks, n_init=n_init, threads=threads),
-                       default=0)
-        return run_warm_up(tasks, n_init=n_init, should_stop=should_stop, threads=threads)
+        if self._procs is None:
+            return run_warm_up(tasks, n_init=n_init, should_stop=should_stop, threads=threads)
+        there = [t for t in tasks if self._in_process(t[3])]
+        here = [t for t in tasks if not self._in_process(t[3])]
+        # The batches that stay in this process compile here while the children compile theirs.
+        with ThreadPoolExecutor(1, thread_name_prefix="l1pca-warmup-here") as pool:
+            local = pool.submit(run_warm_up, here, n_init=n_init, should_stop=should_stop,
+                                threads=threads)
+            remote = min(self._procs.broadcast("warm_up", there, n_init=n_init, threads=threads),
+                         default=0) if there else 0
+            return remote + local.result()
 
 
 def compiled_buckets():

@@ -110,6 +110,7 @@ class L1PCAServer:
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size,
                                max_delay_s=cfg.max_delay_ms / 1000.0, max_queue=cfg.max_queue,
                                max_concurrent_batches=cfg.workers,
+                               standby_batches=self.runner.standby_batches,
                                flush_when_idle=cfg.flush_when_idle, metrics=self.metrics)
         self._light = ThreadPoolExecutor(2, thread_name_prefix="l1pca-io")
         info = pb.ServerInfo(version=_version(), backend=self.runner.backend, device=self.runner.device,
@@ -125,7 +126,8 @@ class L1PCAServer:
         # Beyond what can queue or compute, calls are refused by gRPC itself (cheap, before the
         # request is read): overload is shed even when the event loop is saturated.
         self.max_concurrent_rpcs = (cfg.max_concurrent_rpcs
-                                    or cfg.max_queue + cfg.workers * cfg.max_batch_size + 64)
+                                    or cfg.max_queue + (cfg.workers + self.runner.standby_batches)
+                                    * cfg.max_batch_size + 64)
         self._grpc = grpc.aio.server(
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
             interceptors=interceptors,

@@ -3,26 +3,29 @@
 Why: the server's event loop (gRPC, decoding, encoding) and a solver thread share one interpreter
 lock. The solver's NumPy steps around the compiled search (centring, checks, Procrustes, scores)
 then time-slice the lock with the event loop: on the 2-core box a batch of 16 took about twice as
-long inside the server as alone. Side by side (``bench/service_load.py``, 64 x 16, K=2), a server
-with ``--solver-process on`` answered 12-30% more batched requests per second at concurrency 16 to
-256 in four of five runs (12% fewer in one run with six servers on the box), and each call pays the
-round trip: 0.3 ms for an empty call on this machine, about 0.6 ms on a lone 64 x 16 fit (3.2
-against 2.6 ms). Off by default; ``auto`` turns it on only while the solver runs on the CPU (on a
-GPU the server process holds the device, and a second process would have to share its memory).
+long inside the server as alone. Each call pays a round trip through the pipe: 0.3 ms for an empty
+call on this machine, about 0.6 ms on a lone 64 x 16 fit. So ``--solver-process auto`` (the
+default, on the CPU only: on a GPU the server process holds the device) sends batches of two or more
+here and keeps a lone request in the solver thread (:data:`l1pca.service.runner.PROCESS_MIN_BATCH`);
+``on`` sends every fit. Measured side by side in ``bench/results/service_load.md``.
 
-:class:`SolverProcesses` keeps one child per solver thread (``--workers``). A call takes an idle
-child, sends it the arguments (pickled over a pipe) and waits for the answer; an exception raised in
-the child is raised again in the caller (as :class:`RemoteError` when it cannot be pickled). A child
-that dies (killed, out of memory) fails the call it was running and is replaced; a hung one is
-killed by :meth:`SolverProcesses.replace_busy` when the server gives up on its batch.
+:class:`SolverProcesses` keeps one child per solver thread (``--workers``), each holding up to
+:data:`PIPELINE_DEPTH` calls: the batch after the running one waits in the child's pipe, so the child
+never idles while the server's event loop gets round to forming the next batch (on 64 x 16 fits at
+concurrency 64 that gap left the child idle about a fifth of the time). A call takes the least busy
+child with room, sends it the arguments (pickled) and waits for its own answer (answers come in the
+order of the calls); an exception raised in the child is raised again in the caller (as
+:class:`RemoteError` when it cannot be pickled). A child that dies (killed, out of memory) fails the
+call it was running and is replaced; a call that was waiting behind it runs again on the fresh one.
+A hung child is killed by :meth:`SolverProcesses.replace_busy` when the server gives up on its batch.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import pickle
-import queue
 import threading
+import time
 
 log = logging.getLogger("l1pca.service")
 
@@ -35,7 +38,12 @@ class RemoteError(RuntimeError):
 
 
 class SolverProcessDied(RuntimeError):
-    """The solver process ended while it held a call (killed, out of memory, or replaced)."""
+    """The solver process ended while it held a call (killed, out of memory, or replaced).
+    ``started``: whether it had begun this call (else it was waiting behind another)."""
+
+    def __init__(self, message: str, *, started: bool = True):
+        super().__init__(message)
+        self.started = started
 
 
 def _child_main(conn, preload=()):
@@ -65,27 +73,75 @@ def _child_main(conn, preload=()):
             conn.send((False, RemoteError(type(exc).__name__, str(exc))))
 
 
+PIPELINE_DEPTH = 2
+"""Calls a solver process holds at once: the one it computes and the next, already in its pipe, so
+that it starts the next batch the moment it sends an answer, not after the server's event loop has
+taken the answer in and formed another batch (the server sends only full batches ahead,
+:class:`l1pca.service.batcher.Batcher`'s ``standby_batches``)."""
+
+
 class _Child:
+    """One solver process and its pipe. Calls are answered in the order they were sent; up to
+    :data:`PIPELINE_DEPTH` callers may wait on it, each for its own answer."""
+
     def __init__(self, ctx, preload):
         self.conn, child_end = ctx.Pipe()
         self.process = ctx.Process(target=_child_main, args=(child_end, preload), daemon=True,
                                    name="l1pca-solver")
         self.process.start()
         child_end.close()
+        self.inflight = 0  # calls taken and not given back (kept by SolverProcesses, under its lock)
+        self._send_lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._sent = 0  # calls sent (tickets handed out)
+        self.delivered = 0  # calls written to the pipe in full
+        self._answered = 0  # answers read
+        self._answered_at = 0.0  # when the last answer was read
+        self._dead = False
 
     def call(self, op, args, kwargs):
+        """``(value, started)``: the op's result and the ``time.perf_counter()`` at which the child
+        could start it (the later of its sending and the answer to the call before it)."""
         try:
-            self.conn.send((op, args, kwargs))
-            ok, value = self.conn.recv()
-        except (EOFError, OSError) as exc:  # the child died (or was killed) with the call
-            self.process.join(1.0)
-            self.conn.close()
-            raise SolverProcessDied(
-                f"the solver process (pid {self.process.pid}) ended during the call "
-                f"(exit code {self.process.exitcode})") from exc
+            with self._send_lock:
+                ticket, self._sent = self._sent, self._sent + 1
+                sent_at = time.perf_counter()
+                self.conn.send((op, args, kwargs))
+                self.delivered += 1
+        except (OSError, ValueError) as exc:  # the pipe is closed: the child died or was killed
+            self._mark_dead()
+            raise SolverProcessDied(f"the solver process (pid {self.process.pid}) is gone",
+                                    started=False) from exc
+        with self._turn:
+            while self._answered != ticket and not self._dead:
+                self._turn.wait()
+            started = max(sent_at, self._answered_at)
+            if self._dead:  # it died before it reached this call
+                raise SolverProcessDied(f"the solver process (pid {self.process.pid}) ended before "
+                                        "the call", started=False)
+            try:
+                ok, value = self.conn.recv()
+            except (EOFError, OSError) as exc:  # the child died (or was killed) with the call
+                self._mark_dead_locked()
+                self.process.join(1.0)
+                raise SolverProcessDied(
+                    f"the solver process (pid {self.process.pid}) ended during the call "
+                    f"(exit code {self.process.exitcode})", started=True) from exc
+            self._answered += 1
+            self._answered_at = time.perf_counter()
+            self._turn.notify_all()
         if ok:
-            return value
+            return value, started
         raise value
+
+    def _mark_dead(self):
+        with self._turn:
+            self._mark_dead_locked()
+
+    def _mark_dead_locked(self):
+        self._dead = True
+        self._turn.notify_all()
+        self.conn.close()
 
     def kill(self, *, close_pipe=True):
         """End the child. ``close_pipe=False`` while another thread waits on the pipe: it sees the
@@ -97,51 +153,72 @@ class _Child:
 
 
 class SolverProcesses:
-    """``count`` solver processes, each serving one call at a time.
+    """``count`` solver processes, each holding up to ``depth`` calls (answered in order).
 
     Parameters
     ----------
     count : int
-        Children to keep (the solver thread count: a call never waits for a child).
+        Children to keep (the solver thread count).
     preload : tuple of str
         Modules each child imports first (``l1pca.kernels.bitflip_jax`` for the JAX backend).
+    depth : int
+        Calls one child may hold at once (:data:`PIPELINE_DEPTH`); a call waits for a child with
+        room.
     """
 
-    def __init__(self, count: int, preload=()):
+    def __init__(self, count: int, preload=(), depth: int = PIPELINE_DEPTH):
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._preload = tuple(preload)
-        self._lock = threading.Lock()
-        self._idle: queue.Queue[_Child] = queue.Queue()
-        self._busy: set[_Child] = set()
+        self.depth = int(depth)
+        self._cond = threading.Condition()
         self._closed = False
-        for _ in range(int(count)):
-            self._idle.put(_Child(self._ctx, self._preload))
+        self._children = [_Child(self._ctx, self._preload) for _ in range(int(count))]
+        self.calls = 0  # calls taken by call_timed (each attempt), for tests and logs
 
     def call(self, op: str, *args, **kwargs):
-        """Run ``op`` (``"fit_many"``, ``"warm_up"`` or ``"compiled"``) in an idle child; its result
-        or exception."""
-        child = self._take()
-        try:
-            return child.call(op, args, kwargs)
-        except SolverProcessDied:
-            child = self._replace(child)
-            raise
-        finally:
-            self._give_back(child)
+        """Run ``op`` (``"fit_many"``, ``"warm_up"`` or ``"compiled"``) in the least busy child with
+        room; its result or exception."""
+        return self.call_timed(op, *args, **kwargs)[0]
+
+    def call_timed(self, op: str, *args, **kwargs):
+        """``(result, started)`` of ``op``: ``started`` is the ``time.perf_counter()`` at which the
+        child could start it (a call may wait behind the one before it). A call the child never
+        started, because the child ended first (killed with a hung call ahead of it), runs again on
+        another child."""
+        for attempt in range(2):
+            child = self._take()
+            self.calls += 1
+            try:
+                return child.call(op, args, kwargs)
+            except SolverProcessDied as exc:
+                self._replace(child)
+                if exc.started or attempt:
+                    raise
+            finally:
+                self._give_back(child)
+        raise AssertionError("unreachable")
 
     def broadcast(self, op: str, *args, **kwargs):
         """Run ``op`` in every child at once (warm-up: each child compiles its own programs)."""
-        with self._lock:
-            count = self._idle.qsize() + len(self._busy)
+        with self._cond:
+            children = list(self._children)
+            for child in children:
+                child.inflight += 1
         results, errors = [], []
 
-        def one():
+        def one(child):
             try:
-                results.append(self.call(op, *args, **kwargs))
+                results.append(child.call(op, args, kwargs)[0])
+            except SolverProcessDied as exc:
+                self._replace(child)
+                errors.append(exc)
             except Exception as exc:  # noqa: BLE001 - raised below
                 errors.append(exc)
+            finally:
+                self._give_back(child)
 
-        threads = [threading.Thread(target=one, name="l1pca-solver-broadcast") for _ in range(count)]
+        threads = [threading.Thread(target=one, args=(c,), name="l1pca-solver-broadcast")
+                   for c in children]
         for t in threads:
             t.start()
         for t in threads:
@@ -151,64 +228,54 @@ class SolverProcesses:
         return results
 
     def replace_busy(self):
-        """Kill the children that hold a call now (a hung solver) and start fresh ones."""
-        with self._lock:
-            busy, self._busy = list(self._busy), set()
-        for child in busy:
-            child.kill(close_pipe=False)  # its caller is waiting on the pipe
+        """Kill the children that hold a call now (a hung solver) and start fresh ones. Calls queued
+        behind the hung one run again on the fresh children."""
+        with self._cond:
+            busy = [c for c in self._children if c.inflight > 0]
+            self._children = [c for c in self._children if c.inflight == 0]
             if not self._closed:
-                self._idle.put(_Child(self._ctx, self._preload))
+                self._children += [_Child(self._ctx, self._preload) for _ in busy]
+            self._cond.notify_all()
+        for child in busy:
+            child.kill(close_pipe=False)  # its callers are waiting on the pipe
         return len(busy)
 
     def close(self):
-        with self._lock:
+        with self._cond:
             self._closed = True
-            busy = list(self._busy)
-            self._busy = set()
-        for child in busy:
-            child.kill(close_pipe=False)
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                break
+            children, self._children = self._children, []
+            self._cond.notify_all()
+        for child in children:
+            child.kill(close_pipe=child.inflight == 0)
 
     # -- internals ------------------------------------------------------------------------------
     def _take(self) -> _Child:
-        while True:
-            if self._closed:
-                raise SolverProcessDied("the solver processes are shut down")
-            try:
-                child = self._idle.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            with self._lock:
-                self._busy.add(child)
-            return child
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise SolverProcessDied("the solver processes are shut down", started=False)
+                room = [c for c in self._children if c.inflight < self.depth]
+                if room:
+                    child = min(room, key=lambda c: c.inflight)
+                    child.inflight += 1
+                    return child
+                self._cond.wait(1.0)
 
-    def _give_back(self, child: _Child | None):
-        with self._lock:
-            if child not in self._busy:  # killed by replace_busy: its replacement is queued already
+    def _give_back(self, child: _Child):
+        with self._cond:
+            child.inflight -= 1
+            self._cond.notify_all()
+
+    def _replace(self, child: _Child):
+        """A child ended during a call: start another in its place (once, whichever of its callers
+        gets here first; not when it was killed on purpose and already replaced)."""
+        with self._cond:
+            if child not in self._children:
                 return
-            self._busy.discard(child)
-        if self._closed:
-            child.kill()
-        else:
-            self._idle.put(child)
-
-    def _replace(self, child: _Child) -> _Child | None:
-        """A child died during a call: start another in its place (None when it was killed on
-        purpose and already replaced)."""
-        with self._lock:
-            if child not in self._busy:
-                return None
-            self._busy.discard(child)
+            self._children.remove(child)
+            if not self._closed:
+                self._children.append(_Child(self._ctx, self._preload))
+            self._cond.notify_all()
         child.kill(close_pipe=False)  # closed by its call already
-        log.error("solver process %s ended (exit code %s); starting another", child.process.pid,
+        log.error("solver process %s ended (exit code %s); started another", child.process.pid,
                   child.process.exitcode)
-        if self._closed:
-            return None
-        fresh = _Child(self._ctx, self._preload)
-        with self._lock:
-            self._busy.add(fresh)
-        return fresh

@@ -79,3 +79,39 @@ def test_without_idle_flush_every_partial_batch_waits_the_delay():
     b, lat = asyncio.run(main())
     assert b.stats.flushes == {"delay": 3}
     assert min(lat) >= 0.05
+
+
+def test_a_standby_batch_goes_ahead_only_when_full():
+    """One slot and one standby: while a batch computes, a full batch is handed over at once (it
+    would wait at the solver), a partial one keeps queueing for company until the slot frees."""
+    async def main():
+        started = []  # (time, size) of each run_batch call
+        gate = asyncio.Event()
+
+        async def run_batch(key, payloads):
+            started.append((time.monotonic(), len(payloads)))
+            await gate.wait()
+            return list(payloads)
+
+        b = Batcher(run_batch, max_batch_size=4, max_delay_s=0.01, max_queue=100,
+                    max_concurrent_batches=1, standby_batches=1)
+        b.start()
+        first = [asyncio.ensure_future(b.submit("k", i)) for i in range(4)]  # full: goes at once
+        await asyncio.sleep(0.05)
+        partial = [asyncio.ensure_future(b.submit("k", 10 + i)) for i in range(3)]
+        await asyncio.sleep(0.1)  # ten times the delay: still queued, the slot being busy
+        sizes_before = [s for _, s in started]
+        more = [asyncio.ensure_future(b.submit("k", 20 + i)) for i in range(5)]  # 8 queued
+        await asyncio.sleep(0.05)
+        sizes_standby = [s for _, s in started]
+        gate.set()
+        out = await asyncio.gather(*first, *partial, *more)
+        await b.close(5)
+        return sizes_before, sizes_standby, [s for _, s in started], out, b
+
+    before, standby, sizes, out, b = asyncio.run(main())
+    assert before == [4]  # the partial batch did not go as a standby
+    assert standby == [4, 4]  # a full one did, while the first still computed
+    assert sum(sizes) == 12 and sizes[:2] == [4, 4]
+    assert out == list(range(4)) + [10, 11, 12] + list(range(20, 25))
+    assert b.stats.flushes["full"] >= 2

@@ -39,15 +39,24 @@ def test_a_child_fits_what_this_process_fits_and_raises_its_errors(procs):
     assert procs.call("fit_many", Xs[:1], 1, seeds=[0], backend="numpy")  # still serving
 
 
-def test_a_dead_child_fails_its_call_and_is_replaced(procs):
-    child = procs._idle.queue[0]
+def test_a_dead_child_fails_the_call_it_held_and_is_replaced(procs):
+    # Died while idle: the next call never reached it, so it runs on a fresh child.
+    child = procs._children[0]
     child.process.kill()
     child.process.join(5)
-    with pytest.raises(SolverProcessDied, match="ended during the call"):
-        procs.call("fit_many", [_data(0)], 1, seeds=[0], backend="numpy")
     res = procs.call("fit_many", [_data(0)], 1, seeds=[0], backend="numpy")[0]
     assert res.components.shape == (1, 6)
-    assert procs._idle.queue[0] is not child
+    assert procs._children[0] is not child and len(procs._children) == 1
+    # Killed during a call (out of memory, say): that call fails, the next one is served.
+    child = procs._children[0]
+    big = np.random.default_rng(0).standard_normal((4000, 60))  # seconds of NumPy work
+    threading.Timer(0.5, child.process.kill).start()
+    with pytest.raises(SolverProcessDied, match="ended during the call") as err:
+        procs.call("fit_many", [big], 3, n_init=64, seeds=[0], backend="numpy")
+    assert err.value.started
+    res = procs.call("fit_many", [_data(0)], 1, seeds=[0], backend="numpy")[0]
+    assert res.components.shape == (1, 6)
+    assert procs._children[0] is not child and len(procs._children) == 1
 
 
 def test_replace_busy_ends_a_call_that_runs_too_long(procs):
@@ -62,14 +71,116 @@ def test_replace_busy_ends_a_call_that_runs_too_long(procs):
 
     t = threading.Thread(target=long_call)
     t.start()
-    for _ in range(100):  # until the call holds the child
-        if procs._busy:
+    for _ in range(100):  # until the call is in the child's hands
+        if procs._children[0].delivered:
             break
         time.sleep(0.05)
     assert procs.replace_busy() == 1
     t.join(10)
     assert not t.is_alive() and len(errors) == 1
     assert procs.call("fit_many", [_data(1)], 1, seeds=[0], backend="numpy")  # a fresh child serves
+
+
+def test_two_calls_on_one_child_are_answered_in_order_each_its_own(procs):
+    """Pipelining: the second call waits in the child's pipe and starts when the first is answered;
+    each caller gets its own answer (the fits differ in size, so a swapped answer would show)."""
+    assert procs.depth == 2
+    big = np.random.default_rng(1).standard_normal((3000, 40))  # a second or so of NumPy work
+    small = _data(3)
+    out = {}
+
+    def run(name, X, K):
+        out[name] = procs.call_timed("fit_many", [X], K, n_init=16, seeds=[0], backend="numpy")
+
+    first = threading.Thread(target=run, args=("big", big, 3))
+    first.start()
+    for _ in range(100):  # until the child holds the first call
+        if procs._children[0].delivered:
+            break
+        time.sleep(0.02)
+    second = threading.Thread(target=run, args=("small", small, 1))
+    second.start()
+    for _ in range(100):
+        if procs._children[0].inflight == 2:
+            break
+        time.sleep(0.02)
+    assert procs._children[0].inflight == 2  # both on the one child, not waiting for it
+    first.join(60)
+    second.join(60)
+    (big_res, big_started), (small_res, small_started) = out["big"], out["small"]
+    assert big_res[0].components.shape == (3, 40) and small_res[0].components.shape == (1, 6)
+    want = fit_many([small], 1, n_init=16, seeds=[0], backend="numpy")[0]
+    np.testing.assert_array_equal(small_res[0].components, want.components)
+    assert small_started > big_started  # it could start only once the first was answered
+    assert procs._children[0].inflight == 0
+
+
+def test_a_call_queued_behind_a_killed_one_runs_on_a_fresh_child(procs):
+    """replace_busy kills a child holding a hung call: that call fails, the call waiting behind it
+    in the pipe never started there and is run again on the fresh child."""
+    big = np.random.default_rng(0).standard_normal((4000, 60))  # seconds of NumPy work
+    results = {}
+
+    def run(name, X):
+        try:
+            results[name] = procs.call("fit_many", [X], 3 if name == "hung" else 1, n_init=64,
+                                       seeds=[0], backend="numpy")
+        except SolverProcessDied as exc:
+            results[name] = exc
+
+    hung = threading.Thread(target=run, args=("hung", big))
+    hung.start()
+    for _ in range(100):
+        if procs._children[0].delivered:
+            break
+        time.sleep(0.02)
+    queued = threading.Thread(target=run, args=("queued", _data(4)))
+    queued.start()
+    for _ in range(100):
+        if procs._children[0].inflight == 2:
+            break
+        time.sleep(0.02)
+    old = procs._children[0]
+    assert procs.replace_busy() == 1
+    hung.join(30)
+    queued.join(60)
+    assert isinstance(results["hung"], SolverProcessDied) and results["hung"].started
+    want = fit_many([_data(4)], 1, n_init=64, seeds=[0], backend="numpy")[0]
+    np.testing.assert_array_equal(results["queued"][0].components, want.components)
+    assert procs._children[0] is not old and not old.process.is_alive()
+
+
+def test_auto_fits_a_lone_request_here_and_batches_in_the_child():
+    """``--solver-process auto``: warm-up compiles batch size 1 in this process and the larger
+    sizes in the child, where those batches run; on a batch the children hold a standby slot."""
+    from l1pca.service.runner import compiled_buckets
+
+    runner = SolverRunner("jax", solver_process="auto", max_batch_size=4)
+    try:
+        assert runner.describe().endswith("in 1 solver process(es) for batches of 2 or more")
+        assert runner.standby_batches == 1 and runner.executor._max_workers == 2
+        runner.warm_up([(16, 4)], [1], n_init=3)
+        here = {k for k in compiled_buckets() if k[1:] == (16, 8, 1, 3, True, True)}
+        assert {k[0] for k in here} == {1}  # only the lone request's program, here
+        assert {(b, 16, 8, 1, 3, True, True) for b in (1, 2, 4)} <= runner.compiled_buckets()
+        key = FitKey("bitflip", 1, 3, "median", "auto", (16, 8))
+        Xs = [_data(5 + i, n=16, d=4) for i in range(3)]
+        calls = runner._procs.calls
+        got = runner.fit_batch(key, [(X, 7 + i) for i, X in enumerate(Xs)])
+        assert runner._procs.calls == calls + 1  # the batch of 3 went to the child
+        got_one = runner.fit_batch(key, [(Xs[0], 7)])[0]
+        assert runner._procs.calls == calls + 1  # the lone one did not
+        want = fit_many(Xs, 1, n_init=3, seeds=[7, 8, 9], backend="jax")
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.components, w.components)
+        np.testing.assert_array_equal(got_one.components, want[0].components)
+    finally:
+        runner.shutdown()
+    off = SolverRunner("numpy", solver_process="auto", max_batch_size=1)  # nothing to batch
+    try:
+        assert off._procs is None and off.standby_batches == 0
+    finally:
+        off.shutdown()
 
 
 def test_the_runner_fits_in_its_process_and_warms_it_up():
@@ -94,7 +205,7 @@ def test_the_flag_takes_auto_on_off(monkeypatch):
         p = add_serve_arguments(argparse.ArgumentParser(), environ=env or {})
         return ServeConfig.from_args(p.parse_args(argv)).solver_process
 
-    assert parse([]) == "off"
+    assert parse([]) == "auto"
     assert parse(["--solver-process", "auto"]) == "auto"
     assert parse(["--solver-process", "off"]) == "off"
     assert parse([], {"L1PCA_SOLVER_PROCESS": "on"}) == "on"
