@@ -44,8 +44,9 @@ CONFIGS = {
     "batched": ["--max-batch-size", "16", "--max-delay-ms", "2"],  # the defaults
     "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
-    # --solver-process auto (the default) sends batches of 2 or more to a solver process and keeps a
-    # lone request in the solver thread; "off" keeps every fit in the thread, "on" sends every one.
+    # --solver-process auto (the default) fits in a solver process but for a lone request with
+    # nothing else computing (in the solver thread); "off" keeps every fit in the thread, "on" sends
+    # every one to the process.
     "batched-thread": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "off"],
     "batched-process": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "on"],
     "unbatched-process": ["--max-batch-size", "1", "--solver-process", "on"],
@@ -389,9 +390,10 @@ def _cpu_note(b, u):
         f"batched problem, that work is {100 * (ob + cb) / tb:.0f}% of a batched request's CPU; "
         "even a free batched "
         f"solve would give at most {tu / (ob + cb):.1f}x. (The solver column is the wall time "
-        "of the solver call as the server sees it, the round trip to a solver process included; "
-        "server CPU counts the solver processes, if any.) A GPU runs the lanes side by side and takes the "
-        "solver off these cores.",
+        "of the solver call as the server sees it, from when the solver could start it: the round "
+        "trip to a solver process is included, a wait behind the batch before it is not; server "
+        "CPU counts the solver processes.) A GPU runs the lanes side by side and takes the solver "
+        "off these cores.",
     ]
 
 
@@ -409,13 +411,12 @@ def _process_note(cfgs):
         cells.append(f"{a} / {p}: " + ", ".join(
             f"c={c}: {pa[c]['throughput_rps'] / pp[c]['throughput_rps']:.2f}x"
             for c in sorted(set(pa) & set(pp))))
-    return ["* Solver processes, throughput side by side: " + "; ".join(cells) + ". `batched` runs "
-            "the default `--solver-process auto`: a batch of 2 or more goes to a child process with "
-            "its own interpreter lock, with the next full batch already in its pipe, and a lone "
-            "request stays in the server's solver thread (no round trip). `-thread` keeps every fit "
-            "in that thread, where the solver's NumPy steps share the lock with the event loop "
-            "serving gRPC; `-process` sends every fit to the child, a lone one too. With "
-            "`--max-batch-size 1` (`unbatched`), `auto` starts no child."]
+    return ["* Solver processes, throughput side by side: " + "; ".join(cells) + ". `batched` and "
+            "`unbatched` run the default `--solver-process auto`: fits go to a child process with "
+            "its own interpreter lock, with the next full batch already in its pipe, but a lone "
+            "request with nothing else computing stays in the server's solver thread (no round "
+            "trip). `-thread` keeps every fit in that thread, where the solver's NumPy steps share "
+            "the lock with the event loop serving gRPC; `-process` sends every fit to the child."]
 
 
 def _idle_note(cfgs):

@@ -109,7 +109,7 @@ FLAGS = (
     ("--solver-process", _auto_on_off, "auto",
      "run each solver thread's fits in a child process with its own interpreter lock: more batched "
      "throughput under concurrency on the CPU, a round trip more per call (on: every fit; auto: "
-     "batches of 2 or more while the solver runs on the CPU, a lone request in the solver thread; "
+     "on the CPU only, and a lone request with nothing else computing stays in the solver thread; "
      "off: none)"),
     ("--max-concurrent-rpcs", _non_negative_int, "0",
      "most calls handled at once; gRPC refuses more with RESOURCE_EXHAUSTED before reading them "

@@ -24,8 +24,9 @@ The service does no arithmetic: a batch of fit requests becomes one
   child process (:mod:`l1pca.service.solver_process`), so that the solver's Python steps do not
   share the event loop's interpreter lock; everything else here (backend choice, fallbacks, fault
   injection, timeouts) stays in the server process. ``on``: every call; ``auto`` (the default; on
-  the CPU only): batches of two or more, while a lone request runs in the solver thread, where it
-  skips the pipe's round trip and, with little else to do, there is no lock to share.
+  the CPU only): every call but a lone request while nothing else computes, which runs in the
+  solver thread: it skips the pipe's round trip, and with nothing else to do the event loop has
+  little need of the lock.
 * A hung worker (a solver call past ``--solve-timeout-s``) is abandoned: the server fails its batch
   with UNAVAILABLE and :meth:`SolverRunner.replace_workers` starts a fresh thread pool (counted in
   ``l1pca_worker_restarts_total``); Python cannot kill a thread, so the hung one is left to end on its
@@ -76,9 +77,12 @@ class InjectedDeviceFault(RuntimeError):
 
 
 PROCESS_MIN_BATCH = 2
-"""``--solver-process auto``: the smallest batch sent to a solver process. A lone request runs in the
-solver thread: the pipe's round trip (0.3 ms empty, 0.6 ms on a 64 x 16 fit) cost 16% of the
-throughput of one client at a time, and a lone request means the event loop has little else to do."""
+"""``--solver-process auto``: the smallest batch always sent to a solver process. A smaller one runs
+in the solver thread while no other call computes: there the pipe's round trip (0.3 ms empty, 0.6 ms
+on a 64 x 16 fit) cost a lone client 20% of its throughput, and the event loop has little else to
+do. Under concurrency it goes to the child too, where it overlaps with the server's other work
+(side by side at 4 to 256 clients with ``--max-batch-size 1``: 1.2-1.45x the throughput of fitting
+it in the thread)."""
 
 
 def batch_ladder(max_batch_size):
@@ -150,7 +154,8 @@ class SolverRunner:
         JAX device (:mod:`l1pca.kernels.sharded`), one at a time; 0 turns it off.
     solver_process : {"auto", "on", "off"}
         Run the fits in ``workers`` child processes (:mod:`l1pca.service.solver_process`): "on"
-        every fit; "auto" on the CPU only, and only batches of at least :data:`PROCESS_MIN_BATCH`.
+        every fit; "auto" on the CPU only, and a batch smaller than :data:`PROCESS_MIN_BATCH` only
+        while another call computes.
     """
 
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
@@ -174,8 +179,7 @@ class SolverRunner:
         self._procs = None
         # Batches this small run in the solver thread even with solver processes.
         self._process_min_batch = PROCESS_MIN_BATCH if solver_process == "auto" else 1
-        if solver_process == "on" or (solver_process == "auto" and not self.on_gpu
-                                      and max_batch_size >= PROCESS_MIN_BATCH):
+        if solver_process == "on" or (solver_process == "auto" and not self.on_gpu):
             from .solver_process import SolverProcesses
 
             self._procs = SolverProcesses(
@@ -185,6 +189,7 @@ class SolverRunner:
         self.standby_batches = self.workers * (self._procs.depth - 1) if self._procs is not None else 0
         self._threads = self.workers + self.standby_batches
         self.executor = ThreadPoolExecutor(self._threads, thread_name_prefix="l1pca-solve")
+        self._active = 0  # solver calls running (fit_batch), under _pool_lock
         if self._faults:
             log.warning("fault injection is on (%s=%s); for tests only", FAULT_INJECT_ENV, fault_inject)
 
@@ -194,12 +199,17 @@ class SolverRunner:
         if self._procs is not None:
             procs = f", in {self.workers} solver process(es)"
             if self._process_min_batch > 1:
-                procs += f" for batches of {self._process_min_batch} or more"
+                procs += (f" (smaller batches than {self._process_min_batch} in the solver thread "
+                          "while nothing else computes)")
         return f"backend={self.backend} on {where}{procs}"
 
-    def _in_process(self, batch: int) -> bool:
-        """Whether a batch of this many fits runs in a solver process (else in the thread)."""
-        return self._procs is not None and batch >= self._process_min_batch
+    def _in_process(self, batch: int, *, alone: bool) -> bool:
+        """Whether a batch of this many fits runs in a solver process (else in the thread);
+        ``alone``: no other solver call is running."""
+        return self._procs is not None and (batch >= self._process_min_batch or not alone)
+
+    def _may_run_here(self, batch: int) -> bool:
+        return not self._in_process(batch, alone=True)
 
     def shutdown(self):
         self._released.set()
@@ -214,15 +224,22 @@ class SolverRunner:
         if self._procs is None:
             return here
         there = frozenset.intersection(*self._procs.broadcast("compiled"))
-        return there | {key for key in here if not self._in_process(key[0])}
+        return frozenset(key for key in there if key in here or not self._may_run_here(key[0]))
 
     def _fit_many(self, mats, *args, **kwargs):
         """``(results, started)``: ``fit_many`` in a solver process when the batch goes there, else
         in this thread; ``started`` is when it could start (in a child, after the call ahead)."""
-        if self._in_process(len(mats)):
-            return self._procs.call_timed("fit_many", mats, *args, **kwargs)
-        started = time.perf_counter()
-        return fit_many(mats, *args, **kwargs), started
+        with self._pool_lock:
+            self._active += 1
+            alone = self._active == 1
+        try:
+            if self._in_process(len(mats), alone=alone):
+                return self._procs.call_timed("fit_many", mats, *args, **kwargs)
+            started = time.perf_counter()
+            return fit_many(mats, *args, **kwargs), started
+        finally:
+            with self._pool_lock:
+                self._active -= 1
 
     # -- workers --------------------------------------------------------------------------------
     def submit(self, fn, *args):
@@ -336,14 +353,13 @@ class SolverRunner:
                  for b in (self.batch_sizes if self._backend_for("bitflip", K) == "jax" else (1,))]
         if self._procs is None:
             return run_warm_up(tasks, n_init=n_init, should_stop=should_stop, threads=threads)
-        there = [t for t in tasks if self._in_process(t[3])]
-        here = [t for t in tasks if not self._in_process(t[3])]
-        # The batches that stay in this process compile here while the children compile theirs.
+        here = [t for t in tasks if self._may_run_here(t[3])]
+        # The batches that may run in this process compile here while the children compile all.
         with ThreadPoolExecutor(1, thread_name_prefix="l1pca-warmup-here") as pool:
             local = pool.submit(run_warm_up, here, n_init=n_init, should_stop=should_stop,
                                 threads=threads)
-            remote = min(self._procs.broadcast("warm_up", there, n_init=n_init, threads=threads),
-                         default=0) if there else 0
+            remote = min(self._procs.broadcast("warm_up", tasks, n_init=n_init, threads=threads),
+                         default=0)
             return remote + local.result()
 
 

@@ -5,9 +5,10 @@ lock. The solver's NumPy steps around the compiled search (centring, checks, Pro
 then time-slice the lock with the event loop: on the 2-core box a batch of 16 took about twice as
 long inside the server as alone. Each call pays a round trip through the pipe: 0.3 ms for an empty
 call on this machine, about 0.6 ms on a lone 64 x 16 fit. So ``--solver-process auto`` (the
-default, on the CPU only: on a GPU the server process holds the device) sends batches of two or more
-here and keeps a lone request in the solver thread (:data:`l1pca.service.runner.PROCESS_MIN_BATCH`);
-``on`` sends every fit. Measured side by side in ``bench/results/service_load.md``.
+default, on the CPU only: on a GPU the server process holds the device) sends every fit here but a
+lone request while nothing else computes, which stays in the solver thread
+(:data:`l1pca.service.runner.PROCESS_MIN_BATCH`); ``on`` sends every fit. Measured side by side in
+``bench/results/service_load.md``.
 
 :class:`SolverProcesses` keeps one child per solver thread (``--workers``), each holding up to
 :data:`PIPELINE_DEPTH` calls: the batch after the running one waits in the child's pipe, so the child

@@ -151,36 +151,58 @@ def test_a_call_queued_behind_a_killed_one_runs_on_a_fresh_child(procs):
 
 
 def test_auto_fits_a_lone_request_here_and_batches_in_the_child():
-    """``--solver-process auto``: warm-up compiles batch size 1 in this process and the larger
-    sizes in the child, where those batches run; on a batch the children hold a standby slot."""
+    """``--solver-process auto``: a batch goes to the child, and so does a lone request while
+    another call computes; a lone request with nothing else to do runs in this process. Warm-up
+    compiles every batch size in the child and batch size 1 here too; each child holds a standby
+    batch."""
     from l1pca.service.runner import compiled_buckets
 
     runner = SolverRunner("jax", solver_process="auto", max_batch_size=4)
     try:
-        assert runner.describe().endswith("in 1 solver process(es) for batches of 2 or more")
+        assert "in 1 solver process(es) (smaller batches than 2 in the solver thread" \
+            in runner.describe()
         assert runner.standby_batches == 1 and runner.executor._max_workers == 2
         runner.warm_up([(16, 4)], [1], n_init=3)
         here = {k for k in compiled_buckets() if k[1:] == (16, 8, 1, 3, True, True)}
         assert {k[0] for k in here} == {1}  # only the lone request's program, here
         assert {(b, 16, 8, 1, 3, True, True) for b in (1, 2, 4)} <= runner.compiled_buckets()
+        assert (1, 16, 8, 1, 3, True, True) in runner._procs.broadcast("compiled")[0]
         key = FitKey("bitflip", 1, 3, "median", "auto", (16, 8))
         Xs = [_data(5 + i, n=16, d=4) for i in range(3)]
         calls = runner._procs.calls
         got = runner.fit_batch(key, [(X, 7 + i) for i, X in enumerate(Xs)])
         assert runner._procs.calls == calls + 1  # the batch of 3 went to the child
         got_one = runner.fit_batch(key, [(Xs[0], 7)])[0]
-        assert runner._procs.calls == calls + 1  # the lone one did not
+        assert runner._procs.calls == calls + 1  # the lone one, alone, did not
         want = fit_many(Xs, 1, n_init=3, seeds=[7, 8, 9], backend="jax")
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g.components, w.components)
         np.testing.assert_array_equal(got_one.components, want[0].components)
     finally:
         runner.shutdown()
-    off = SolverRunner("numpy", solver_process="auto", max_batch_size=1)  # nothing to batch
+
+
+def test_auto_sends_a_lone_request_to_the_child_while_another_call_computes():
+    runner = SolverRunner("numpy", solver_process="auto", max_batch_size=1)
     try:
-        assert off._procs is None and off.standby_batches == 0
+        assert runner._procs is not None and runner.standby_batches == 1
+        big = np.random.default_rng(0).standard_normal((3000, 40))  # a second or so of NumPy work
+        key_big = FitKey("bitflip", 3, 32, "median", "auto", (4096, 64))
+        key = FitKey("bitflip", 1, 8, "median", "auto", (64, 8))
+        long_call = runner.submit(runner.fit_batch, key_big, [(big, 0)])  # alone: in the thread
+        for _ in range(100):  # until it runs
+            if runner._active:
+                break
+            time.sleep(0.01)
+        calls = runner._procs.calls
+        got = runner.submit(runner.fit_batch, key, [(_data(2), 3)]).result(60)[0]
+        assert runner._procs.calls == calls + 1  # not alone: in the child
+        assert not long_call.done()  # it overlapped with the long one
+        assert long_call.result(60)[0].components.shape == (3, 40)
+        want = fit_many([_data(2)], 1, n_init=8, seeds=[3], backend="numpy")[0]
+        np.testing.assert_array_equal(got.components, want.components)
     finally:
-        off.shutdown()
+        runner.shutdown()
 
 
 def test_the_runner_fits_in_its_process_and_warms_it_up():
