@@ -27,6 +27,7 @@ import multiprocessing
 import pickle
 import threading
 import time
+from multiprocessing.reduction import ForkingPickler
 
 log = logging.getLogger("l1pca.service")
 
@@ -103,11 +104,14 @@ class _Child:
     def call(self, op, args, kwargs):
         """``(value, started)``: the op's result and the ``time.perf_counter()`` at which the child
         could start it (the later of its sending and the answer to the call before it)."""
+        # Pickled before taking a ticket: arguments that cannot be pickled raise here and leave no
+        # ticket that no answer would ever come for.
+        message = ForkingPickler.dumps((op, args, kwargs))
         try:
             with self._send_lock:
                 ticket, self._sent = self._sent, self._sent + 1
                 sent_at = time.perf_counter()
-                self.conn.send((op, args, kwargs))
+                self.conn.send_bytes(message)
                 self.delivered += 1
         except (OSError, ValueError) as exc:  # the pipe is closed: the child died or was killed
             self._mark_dead()

@@ -1,5 +1,6 @@
 """Solver processes (service/solver_process.py): fits in child processes, answers and failures
 as in the server's own process."""
+import pickle
 import threading
 import time
 
@@ -36,6 +37,8 @@ def test_a_child_fits_what_this_process_fits_and_raises_its_errors(procs):
         assert (g.threshold, g.objective, g.n_flips) == (w.threshold, w.objective, w.n_flips)
     with pytest.raises(ValueError, match="seeds has 1 entries for 2 matrices"):
         procs.call("fit_many", Xs[:2], 1, seeds=[0])
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # cannot be pickled: no call sent
+        procs.call("fit_many", Xs[:1], 1, seeds=[0], backend=lambda: "numpy")
     assert procs.call("fit_many", Xs[:1], 1, seeds=[0], backend="numpy")  # still serving
 
 
