@@ -260,7 +260,7 @@ class Batcher:
             slot_free = self._computing < self._slots
             if slot_free:
                 self._expire(now)
-            if slot_free or self._computing < self._slots + self._standby:
+            if self._computing < self._slots + self._standby:
                 key, reason = self._ready_key(now)
                 if key is not None:
                     self.stats.flushes[reason] += 1

@@ -177,7 +177,7 @@ class SolverRunner:
         if solver_process not in ("auto", "on", "off"):
             raise ValueError(f"solver_process={solver_process!r} is not one of auto, on, off")
         self._procs = None
-        # Batches this small run in the solver thread even with solver processes.
+        # Batches this small run in the solver thread while no other call computes.
         self._process_min_batch = PROCESS_MIN_BATCH if solver_process == "auto" else 1
         if solver_process == "on" or (solver_process == "auto" and not self.on_gpu):
             from .solver_process import SolverProcesses
@@ -189,7 +189,7 @@ class SolverRunner:
         self.standby_batches = self.workers * (self._procs.depth - 1) if self._procs is not None else 0
         self._threads = self.workers + self.standby_batches
         self.executor = ThreadPoolExecutor(self._threads, thread_name_prefix="l1pca-solve")
-        self._active = 0  # solver calls running (fit_batch), under _pool_lock
+        self._active = 0  # solver calls running (_fit_many), under _pool_lock
         if self._faults:
             log.warning("fault injection is on (%s=%s); for tests only", FAULT_INJECT_ENV, fault_inject)
 
@@ -346,7 +346,8 @@ class SolverRunner:
 
         The compiles are independent and CPU-bound, so they run on ``threads`` threads (default: the
         core count, at most 4). Blocks until done; the server calls it in a solver thread before it
-        reports SERVING. Returns the number of solver calls made (per process).
+        reports SERVING. Returns the number of solver calls made (in one solver process, plus
+        those made in this process).
         """
         tasks = [(rows, cols, K, b, self._backend_for("bitflip", K))
                  for rows, cols in shapes for K in components if K <= min(rows, cols)

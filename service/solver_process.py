@@ -178,7 +178,7 @@ class SolverProcesses:
         self._cond = threading.Condition()
         self._closed = False
         self._children = [_Child(self._ctx, self._preload) for _ in range(int(count))]
-        self.calls = 0  # calls taken by call_timed (each attempt), for tests and logs
+        self.calls = 0  # calls taken by call_timed (each attempt; counted in _take), for tests
 
     def call(self, op: str, *args, **kwargs):
         """Run ``op`` (``"fit_many"``, ``"warm_up"`` or ``"compiled"``) in the least busy child with
@@ -192,7 +192,6 @@ class SolverProcesses:
         another child."""
         for attempt in range(2):
             child = self._take()
-            self.calls += 1
             try:
                 return child.call(op, args, kwargs)
             except SolverProcessDied as exc:
@@ -263,6 +262,7 @@ class SolverProcesses:
                 if room:
                     child = min(room, key=lambda c: c.inflight)
                     child.inflight += 1
+                    self.calls += 1
                     return child
                 self._cond.wait(1.0)
 
