@@ -133,8 +133,8 @@ FLAGS = (
     ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ("--port-file", str, "", "write the bound ports as JSON to this file once listening (for scripts)"),
     ("--solve-timeout-s", _non_negative_float, "600",
-     "a solver call running longer than this is taken as a hung worker: its batch fails UNAVAILABLE "
-     "and the worker is replaced (0 = never)"),
+     "a solver call running longer than this (from when it could start) is taken as a hung worker: "
+     "its batch fails UNAVAILABLE and the worker is replaced (0 = never)"),
     ("--tls-cert", str, "", "PEM certificate chain of the gRPC port; with --tls-key turns TLS on"),
     ("--tls-key", str, "", "PEM private key of --tls-cert"),
     ("--tls-client-ca", str, "",

@@ -76,6 +76,24 @@ class InjectedDeviceFault(RuntimeError):
     """Stands for a GPU failure (out of memory) in tests."""
 
 
+class SolveClock:
+    """When the solver could start a batch's call (``time.perf_counter()``; None until then).
+
+    Set from the solver thread, read by the server's ``--solve-timeout-s`` timer on the event loop:
+    a batch handed to a solver process while another computes waits in its pipe, and its timeout
+    counts from when it could start, not from the hand-over (else a hung batch ahead would fail it
+    too). A call run again on a fresh process, or on the CPU after a device failure, moves it.
+    """
+
+    __slots__ = ("started",)
+
+    def __init__(self):
+        self.started = None
+
+    def mark(self, started):
+        self.started = started
+
+
 PROCESS_MIN_BATCH = 2
 """``--solver-process auto``: the smallest batch always sent to a solver process. A smaller one runs
 in the solver thread while no other call computes: there the pipe's round trip (0.3 ms empty, 0.6 ms
@@ -226,16 +244,22 @@ class SolverRunner:
         there = frozenset.intersection(*self._procs.broadcast("compiled"))
         return frozenset(key for key in there if key in here or not self._may_run_here(key[0]))
 
-    def _fit_many(self, mats, *args, **kwargs):
+    def _fit_many(self, mats, *args, clock=None, **kwargs):
         """``(results, started)``: ``fit_many`` in a solver process when the batch goes there, else
-        in this thread; ``started`` is when it could start (in a child, after the call ahead)."""
+        in this thread; ``started`` is when it could start (in a child, after the call ahead), also
+        told to ``clock`` (:class:`SolveClock`) as soon as it is known."""
         with self._pool_lock:
             self._active += 1
             alone = self._active == 1
         try:
             if self._in_process(len(mats), alone=alone):
-                return self._procs.call_timed("fit_many", mats, *args, **kwargs)
+                if clock is not None:
+                    clock.mark(None)  # in the child's pipe: not started until its turn comes
+                return self._procs.call_timed("fit_many", mats, *args,
+                                              on_start=clock.mark if clock else None, **kwargs)
             started = time.perf_counter()
+            if clock is not None:
+                clock.mark(started)
             return fit_many(mats, *args, **kwargs), started
         finally:
             with self._pool_lock:
@@ -273,14 +297,15 @@ class SolverRunner:
         return True
 
     # -- batches --------------------------------------------------------------------------------
-    def fit_batch(self, key: FitKey, payloads):
+    def fit_batch(self, key: FitKey, payloads, clock=None):
         """Fit every ``(X, seed)`` of one batch; one FitResult or exception per payload.
 
-        Runs in a solver thread.
+        Runs in a solver thread. ``clock`` (:class:`SolveClock`), if given, hears when the solver
+        could start the batch.
         """
         backend = self._backend_for(key.method, key.n_components)
         try:
-            return self._attempt(key, payloads, backend, inject=True)
+            return self._attempt(key, payloads, backend, inject=True, clock=clock)
         except Exception as exc:
             if (self.on_gpu or isinstance(exc, InjectedDeviceFault)) and is_device_failure(exc):
                 log.warning("device failure on %s for a batch of %d (%s: %s); re-running it on the "
@@ -288,7 +313,7 @@ class SolverRunner:
                 if self._metrics is not None:
                     self._metrics.cpu_fallback.inc()
                 try:
-                    return self._attempt(key, payloads, "numpy", inject=False)
+                    return self._attempt(key, payloads, "numpy", inject=False, clock=clock)
                 except (ValueError, TypeError) as again:
                     return self._one_by_one(key, payloads, "numpy", again)
             if isinstance(exc, (ValueError, TypeError)):
@@ -314,8 +339,10 @@ class SolverRunner:
                 out.append(InvalidArgument(str(err)))
         return out
 
-    def _attempt(self, key: FitKey, payloads, backend, *, inject):
+    def _attempt(self, key: FitKey, payloads, backend, *, inject, clock=None):
         seeds = [seed for _, seed in payloads]
+        if clock is not None:  # in this thread's hands (an injected hang below counts as started)
+            clock.mark(time.perf_counter())
         if inject and "gpu_oom" in self._faults:
             raise InjectedDeviceFault("out of memory allocating the batch (injected fault)")
         if "internal_seed" in self._faults and self._faults["internal_seed"] in seeds:
@@ -329,7 +356,7 @@ class SolverRunner:
         start = time.perf_counter()
         results, started = self._fit_many(
             mats, key.n_components, method=key.method, center=key.center, n_init=key.n_init,
-            seeds=seeds, contamination=key.contamination, backend=backend,
+            seeds=seeds, contamination=key.contamination, backend=backend, clock=clock,
             **({"devices": "all"} if sharded else {}))
         if sharded and self._metrics is not None:
             self._metrics.sharded_fits.inc(len(mats))

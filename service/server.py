@@ -44,7 +44,7 @@ from .config import ServeConfig
 from .errors import StatusInterceptor, Unavailable
 from .handlers import L1PCAServicer, Limits
 from .metrics import ServiceMetrics, start_http
-from .runner import FAULT_INJECT_ENV, SolverRunner
+from .runner import FAULT_INJECT_ENV, SolveClock, SolverRunner
 from .tls import server_credentials
 
 log = logging.getLogger("l1pca.service")
@@ -186,17 +186,37 @@ class L1PCAServer:
 
     async def _run_batch(self, key, payloads):
         """One batch on a solver thread; past ``--solve-timeout-s`` the worker is taken as hung: the
-        batch fails UNAVAILABLE (retryable) and the solver pool is replaced."""
-        future = asyncio.wrap_future(self.runner.submit(self.runner.fit_batch, key, payloads))
+        batch fails UNAVAILABLE (retryable) and the solver pool is replaced.
+
+        The timeout counts from when the solver could start the batch (:class:`SolveClock`): a
+        batch handed to a solver process ahead of its turn waits in its pipe behind the one
+        computing, and must not fail because that one hung (it runs again on the fresh process).
+        One that never starts fails after twice the timeout from the hand-over."""
+        clock = SolveClock()
+        future = asyncio.wrap_future(self.runner.submit(self.runner.fit_batch, key, payloads, clock))
         pool = self.runner.executor
         timeout_s = self.config.solve_timeout_s or None
-        try:
-            return await asyncio.wait_for(future, timeout_s)
-        except asyncio.TimeoutError:
-            self.runner.replace_workers(f"a solver call of {len(payloads)} requests ran over "
-                                        f"--solve-timeout-s={timeout_s:g}", pool=pool)
-            raise Unavailable(f"the solver worker did not answer within {timeout_s:g} s and was "
-                              "replaced; the request was not computed, retry") from None
+        if timeout_s is None:
+            return await future
+        handed = time.perf_counter()
+        # The start is set from the solver thread (and may move): look again every twentieth of the
+        # timeout rather than sleep to a limit computed before it was known.
+        poll = timeout_s / 20
+        while True:
+            started = clock.started
+            limit = handed + 2 * timeout_s if started is None else started + timeout_s
+            left = limit - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), min(left, poll))
+            except asyncio.TimeoutError:
+                continue
+        future.cancel()  # not yet running: never run it
+        self.runner.replace_workers(f"a solver call of {len(payloads)} requests ran over "
+                                    f"--solve-timeout-s={timeout_s:g}", pool=pool)
+        raise Unavailable(f"the solver worker did not answer within {timeout_s:g} s and was "
+                          "replaced; the request was not computed, retry")
 
     def reload_auth(self):
         """Re-read the token file (SIGHUP)."""

@@ -101,9 +101,10 @@ class _Child:
         self._answered_at = 0.0  # when the last answer was read
         self._dead = False
 
-    def call(self, op, args, kwargs):
+    def call(self, op, args, kwargs, on_start=None):
         """``(value, started)``: the op's result and the ``time.perf_counter()`` at which the child
-        could start it (the later of its sending and the answer to the call before it)."""
+        could start it (the later of its sending and the answer to the call before it).
+        ``on_start(started)`` is called as soon as that time is known (the caller's turn came)."""
         # Pickled before taking a ticket: arguments that cannot be pickled raise here and leave no
         # ticket that no answer would ever come for.
         message = ForkingPickler.dumps((op, args, kwargs))
@@ -121,6 +122,8 @@ class _Child:
             while self._answered != ticket and not self._dead:
                 self._turn.wait()
             started = max(sent_at, self._answered_at)
+            if on_start is not None and not self._dead:
+                on_start(started)
             if self._dead:  # it died before it reached this call
                 raise SolverProcessDied(f"the solver process (pid {self.process.pid}) ended before "
                                         "the call", started=False)
@@ -185,15 +188,16 @@ class SolverProcesses:
         room; its result or exception."""
         return self.call_timed(op, *args, **kwargs)[0]
 
-    def call_timed(self, op: str, *args, **kwargs):
+    def call_timed(self, op: str, *args, on_start=None, **kwargs):
         """``(result, started)`` of ``op``: ``started`` is the ``time.perf_counter()`` at which the
-        child could start it (a call may wait behind the one before it). A call the child never
-        started, because the child ended first (killed with a hung call ahead of it), runs again on
-        another child."""
+        child could start it (a call may wait behind the one before it); ``on_start(started)``, if
+        given, hears it as soon as it is known. A call the child never started, because the child
+        ended first (killed with a hung call ahead of it), runs again on another child (and
+        ``on_start`` hears the new start)."""
         for attempt in range(2):
             child = self._take()
             try:
-                return child.call(op, args, kwargs)
+                return child.call(op, args, kwargs, on_start)
             except SolverProcessDied as exc:
                 self._replace(child)
                 if exc.started or attempt:

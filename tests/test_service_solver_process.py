@@ -267,3 +267,54 @@ def test_a_server_with_solver_processes_answers_as_a_direct_fit():
                 client.fit(_data(0, n=3, d=5), 4, seed=0)  # K > rows
             assert err.value.code.name == "INVALID_ARGUMENT"
             assert client.fit(_data(1), 1, seed=0).components.shape == (1, 6)
+
+
+def test_a_batch_waiting_behind_a_hung_one_is_timed_from_its_own_start():
+    """--solve-timeout-s counts from when the solver process could start a batch. A full batch
+    handed over while a long one computes waits in the child's pipe; when the long one runs over
+    the timeout and its process is killed, the waiting batch runs on the fresh process and is
+    answered (timed from the hand-over, it would fail UNAVAILABLE with the hung one)."""
+    from conftest_service import ServerThread, value
+
+    from l1pca.client import Client, ClientError
+
+    big = np.random.default_rng(0).standard_normal((20000, 60))  # far more than 3 s of NumPy work
+    small = [_data(5), _data(6)]
+    with ServerThread(solver_process="on", max_batch_size=2, max_delay_ms=1,
+                      solve_timeout_s=3.0) as srv:
+        child = srv.server.runner._procs._children[0]
+        results = {}
+
+        def fit(name, X, K, n_init):
+            try:
+                with Client(srv.target, timeout_s=60, retry=None) as client:
+                    results[name] = client.fit(X, K, seed=7, n_init=n_init)
+            except ClientError as err:
+                results[name] = err
+
+        threads = [threading.Thread(target=fit, args=("big", big, 3, 64))]
+        threads[0].start()
+        for _ in range(200):  # until the child holds the long call
+            if child.inflight == 1:
+                break
+            time.sleep(0.05)
+        assert child.inflight == 1
+        threads += [threading.Thread(target=fit, args=(i, X, 2, 8)) for i, X in enumerate(small)]
+        for t in threads[1:]:
+            t.start()
+        for _ in range(200):  # the two small fits: one full batch, in the same child's pipe
+            if child.inflight == 2:
+                break
+            time.sleep(0.02)
+        assert child.inflight == 2
+        for t in threads:
+            t.join(60)
+        err = results["big"]
+        assert isinstance(err, ClientError) and err.code.name == "UNAVAILABLE", err
+        for i, X in enumerate(small):
+            want = fit_many([X], 2, n_init=8, seeds=[7], backend="numpy")[0]
+            assert not isinstance(results[i], ClientError), results[i]
+            np.testing.assert_array_equal(results[i].components, want.components)
+        assert srv.server.runner.worker_restarts == 1
+        assert value(srv.metrics(), "l1pca_worker_restarts_total") == 1
+        assert not child.process.is_alive()
