@@ -52,6 +52,9 @@ CONFIGS = {
     "unbatched-process": ["--max-batch-size", "1", "--solver-process", "on"],
     "unbatched": ["--max-batch-size", "1"],
     "numpy-unbatched": ["--max-batch-size", "1", "--backend", "numpy"],
+    # Not `l1pca serve`: bench/canned_server.py, gRPC alone (one canned answer, no solver, no checks),
+    # the transport floor every configuration pays per request on this machine.
+    "canned": None,
 }
 
 
@@ -60,6 +63,8 @@ def _percentile(values, q):
 
 
 def scrape(port):
+    if port is None:  # the canned server keeps no metrics: every server-side column is NaN
+        return {}
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     out = {}
@@ -191,10 +196,17 @@ def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):
 
 
 def start_server(flags, shape, K, log_path):
+    """``l1pca serve`` with ``flags`` (None: bench/canned_server.py), once it answers a fit:
+    ``(process, target, metrics_port)``; ``metrics_port`` is None for the canned server."""
     port_file = Path(tempfile.mkdtemp()) / "ports.json"
-    cmd = [sys.executable, "-m", "l1pca.client.cli", "serve", "--port", "0", "--metrics-port", "0",
-           "--port-file", str(port_file), "--warmup-shapes", f"{shape[0]}x{shape[1]}",
-           "--warmup-components", str(K), "--max-queue", "4096", "--log-level", "WARNING", *flags]
+    if flags is None:
+        cmd = [sys.executable, str(ROOT / "bench" / "canned_server.py"), "--port-file", str(port_file),
+               "--shape", f"{shape[0]}x{shape[1]}", "-k", str(K)]
+    else:
+        cmd = [sys.executable, "-m", "l1pca.client.cli", "serve", "--port", "0", "--metrics-port",
+               "0", "--port-file", str(port_file), "--warmup-shapes", f"{shape[0]}x{shape[1]}",
+               "--warmup-components", str(K), "--max-queue", "4096", "--log-level", "WARNING",
+               *flags]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     for _ in range(3000):  # up to 300 s for imports and warm-up compiles
@@ -316,8 +328,10 @@ def render_markdown(results):
         "",
     ]
     for name, cfg in results["configs"].items():
-        lines += [f"## {name}: `l1pca serve {' '.join(cfg['flags'])}` (backend {cfg['backend']}, "
-                  f"device {cfg['device']})", "",
+        what = ("`python bench/canned_server.py`: gRPC alone, one canned answer, no solver (no "
+                "metrics: server-side columns NaN)" if cfg["flags"] is None
+                else f"`l1pca serve {' '.join(cfg['flags'])}`")
+        lines += [f"## {name}: {what} (backend {cfg['backend']}, device {cfg['device']})", "",
                   "| concurrency | req/s | p50 ms | p90 ms | p99 ms | mean batch | server ms | "
                   "queue ms | solve ms | other ms | server CPU ms/req | client CPU ms/req | load | errors |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -331,7 +345,7 @@ def render_markdown(results):
         lines.append("")
     names = list(results["configs"])
     if "batched" in names:
-        for base in [n for n in names if n != "batched"]:
+        for base in [n for n in names if n not in ("batched", "canned")]:
             b = {r["concurrency"]: r for r in results["configs"]["batched"]["levels"]}
             u = {r["concurrency"]: r for r in results["configs"][base]["levels"]}
             common = sorted(set(b) & set(u))
@@ -360,6 +374,7 @@ def _notes(results):
         f"* Target: batching >= 3x the unbatched throughput at concurrency 64. Measured: "
         f"{ratio:.2f}x ({'met' if ratio >= 3 else 'not met'}).",
         *_cpu_note(b[64], u[64]),
+        *_floor_note(cfgs, b[64], u[64]),
         "* `numpy-unbatched` is one NumPy solve per request (what a direct `solve(X)` runs on the "
         "CPU for one matrix); the batched JAX service is compared with it too.",
         *_process_note(cfgs),
@@ -395,6 +410,26 @@ def _cpu_note(b, u):
         "CPU counts the solver processes.) A GPU runs the lanes side by side and takes the solver "
         "off these cores.",
     ]
+
+
+def _floor_note(cfgs, b, u):
+    """The canned server (gRPC alone) at c=64 beside ``batched`` (``b``) and ``unbatched`` (``u``)."""
+    f = {r["concurrency"]: r for r in cfgs.get("canned", {}).get("levels", [])}.get(64)
+    if f is None:
+        return []
+    def cpu(r):
+        return r["server_cpu_ms_per_req"] + r["client_cpu_ms_per_req"]
+
+    tf, tb, tu = cpu(f), cpu(b), cpu(u)
+    return [
+        f"* Transport floor (`canned`: the same load generator against a gRPC server that answers "
+        f"every `Fit` with one canned answer): {f['throughput_rps']:.0f} req/s at c=64, "
+        f"{tf:.2f} ms CPU per request (server {f['server_cpu_ms_per_req']:.2f}, load generator "
+        f"{f['client_cpu_ms_per_req']:.2f}). That is {100 * tf / tb:.0f}% of a batched request's "
+        f"CPU ({tb:.2f} ms) and {100 * tf / tu:.0f}% of an unbatched one's ({tu:.2f} ms); batching "
+        "cannot share it (one call per request). Even if everything else a batched request costs "
+        f"were free, batched / unbatched would be at most {tu / tf:.1f}x on this machine (by CPU; "
+        f"{f['throughput_rps'] / u['throughput_rps']:.1f}x by throughput, canned / unbatched)."]
 
 
 def _process_note(cfgs):
