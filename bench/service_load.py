@@ -244,7 +244,7 @@ def stop_server(proc):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="batched,batched-thread,unbatched,numpy-unbatched",
+    p.add_argument("--configs", default="batched,batched-thread,unbatched,numpy-unbatched,canned",
                    help=f"server configurations to run, from {', '.join(CONFIGS)}")
     p.add_argument("--concurrency", default="1,4,16,64,256", help="comma-separated levels")
     p.add_argument("--requests", type=int, default=1000, help="Fit requests per level and server")
