@@ -16,6 +16,10 @@ are compared side by side on a machine whose speed drifts. It reports:
     python bench/service_load.py --concurrency 1,64 --requests 500 --configs batched,unbatched
     python bench/service_load.py --target 127.0.0.1:50051 --metrics-port 9464   # a running server
 
+The ``canned`` configuration is not ``l1pca serve`` but ``bench/canned_server.py``, a gRPC server
+that answers every ``Fit`` with one canned answer: the transport floor, what any configuration pays
+per request on this machine, measured beside them.
+
 Writes ``bench/results/service_load.json`` and ``.md`` (``--out`` to change). The generator runs on
 the same machine as the server and takes CPU from it; the results file says how many cores there were.
 """
