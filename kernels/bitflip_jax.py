@@ -29,12 +29,8 @@ from .reduce import l2_start_matrix, search_data, sign
 
 # Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps
 # its own cache; this mirror of it lets backend="auto" prefer JAX where no compile is pending,
-# without asking jit.
+# without asking jit (read through l1pca.kernels.solve.compiled_buckets, which never imports JAX).
 _COMPILED: set = set()
-
-
-def is_compiled(key) -> bool:
-    return key in _COMPILED
 
 
 class FlipState(NamedTuple):

@@ -303,12 +303,22 @@ def jax_batch_size(count):
     return 1 << (int(count) - 1).bit_length()
 
 
+def _compiled_keys():
+    """The JAX path's record of the programs compiled in this process (a live set), found without
+    importing JAX: empty when it was never imported. Another thread may be importing it right now;
+    a half-initialised module has no record yet, and then nothing is compiled."""
+    return getattr(sys.modules.get("l1pca.kernels.bitflip_jax"), "_COMPILED", ())
+
+
+def compiled_buckets():
+    """JAX programs compiled in this process: ``(batch, rows, cols, K, starts, warm_start,
+    pair_moves)`` keys (empty when JAX was never used here)."""
+    return frozenset(_compiled_keys())
+
+
 def _jax_compiled(key):
     """Whether this process already compiled the JAX program for a bucket (without importing JAX)."""
-    # Another thread may be importing the module right now: a half-initialised module has no
-    # is_compiled yet, and then nothing is compiled.
-    is_compiled = getattr(sys.modules.get("l1pca.kernels.bitflip_jax"), "is_compiled", None)
-    return is_compiled is not None and is_compiled(key)
+    return key in _compiled_keys()
 
 
 class _Ticker:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +47,7 @@ import numpy as np
 
 from l1pca.kernels import backends
 from l1pca.kernels.fitting import fit_many
+from l1pca.kernels.solve import compiled_buckets
 
 from .errors import InvalidArgument
 
@@ -390,13 +390,6 @@ class SolverRunner:
             remote = min(self._procs.broadcast("warm_up", tasks, n_init=n_init, threads=threads),
                          default=0)
             return remote + local.result()
-
-
-def compiled_buckets():
-    """JAX programs compiled in this process: ``(batch, rows, cols, K, starts, warm_start,
-    pair_moves)`` keys (empty when JAX was never used here)."""
-    module = sys.modules.get("l1pca.kernels.bitflip_jax")
-    return frozenset(getattr(module, "_COMPILED", ()))
 
 
 def run_warm_up(tasks, *, n_init, should_stop=None, threads=None):
