@@ -245,23 +245,18 @@ class SolverRunner:
         there = frozenset.intersection(*self._procs.broadcast("compiled"))
         return frozenset(key for key in there if key in here or not self._may_run_here(key[0]))
 
-    def _fit_many(self, mats, *args, clock=None, **kwargs):
-        """``(results, started)``: ``fit_many`` in a solver process when the batch goes there, else
-        in this thread; ``started`` is when it could start (in a child, after the call ahead), also
-        told to ``clock`` (:class:`SolveClock`) as soon as it is known."""
+    def _fit_many(self, mats, *args, clock: SolveClock, **kwargs):
+        """``fit_many`` in a solver process when the batch goes there, else in this thread;
+        ``clock`` hears when it could start (in a child, after the call ahead)."""
         with self._pool_lock:
             self._active += 1
             alone = self._active == 1
         try:
             if self._in_process(len(mats), alone=alone):
-                if clock is not None:
-                    clock.mark(None)  # in the child's pipe: not started until its turn comes
-                return self._procs.call_timed("fit_many", mats, *args,
-                                              on_start=clock.mark if clock else None, **kwargs)
-            started = time.perf_counter()
-            if clock is not None:
-                clock.mark(started)
-            return fit_many(mats, *args, **kwargs), started
+                clock.mark(None)  # in the child's pipe: not started until its turn comes
+                return self._procs.call("fit_many", mats, *args, on_start=clock.mark, **kwargs)
+            clock.mark(time.perf_counter())
+            return fit_many(mats, *args, **kwargs)
         finally:
             with self._pool_lock:
                 self._active -= 1
@@ -342,8 +337,9 @@ class SolverRunner:
 
     def _attempt(self, key: FitKey, payloads, backend, *, inject, clock=None):
         seeds = [seed for _, seed in payloads]
-        if clock is not None:  # in this thread's hands (an injected hang below counts as started)
-            clock.mark(time.perf_counter())
+        if clock is None:
+            clock = SolveClock()
+        clock.mark(time.perf_counter())  # in this thread's hands (an injected hang counts as started)
         if inject and "gpu_oom" in self._faults:
             raise InjectedDeviceFault("out of memory allocating the batch (injected fault)")
         if "internal_seed" in self._faults and self._faults["internal_seed"] in seeds:
@@ -354,8 +350,7 @@ class SolverRunner:
         mats = [X for X, _ in payloads]
         sharded = (self.sharded_min_rows > 0 and key.method == "bitflip" and backend != "numpy"
                    and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
-        start = time.perf_counter()
-        results, started = self._fit_many(
+        results = self._fit_many(
             mats, key.n_components, method=key.method, center=key.center, n_init=key.n_init,
             seeds=seeds, contamination=key.contamination, backend=backend, clock=clock,
             **({"devices": "all"} if sharded else {}))
@@ -364,7 +359,7 @@ class SolverRunner:
         if self._metrics is not None:
             # From when the solver could start it: a batch sent ahead waits for the one before it.
             self._metrics.solve_duration.labels(results[0].backend, key.method).observe(
-                time.perf_counter() - max(start, started))
+                time.perf_counter() - clock.started)
         return results
 
     # -- warm-up --------------------------------------------------------------------------------

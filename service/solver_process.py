@@ -55,8 +55,9 @@ def _child_main(conn, preload=()):
     for name in preload:  # before any thread of the child imports it lazily (a half-imported module)
         importlib.import_module(name)
     from l1pca.kernels.fitting import fit_many
+    from l1pca.kernels.solve import compiled_buckets
 
-    from .runner import compiled_buckets, run_warm_up
+    from .runner import run_warm_up
 
     ops = {"fit_many": fit_many, "warm_up": run_warm_up, "compiled": compiled_buckets}
     while True:
