@@ -49,11 +49,14 @@ CONFIGS = {
     "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
     # --solver-process auto (the default) fits in a solver process but for a lone request with
-    # nothing else computing (in the solver thread); "off" keeps every fit in the thread, "on" sends
+    # nothing else computing or queued (in the solver thread); "off" keeps every fit in the thread, "on" sends
     # every one to the process.
     "batched-thread": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "off"],
     "batched-process": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "on"],
     "unbatched-process": ["--max-batch-size", "1", "--solver-process", "on"],
+    # --solver-threads 0: JAX's CPU pool at XLA's default (one thread per CPU) instead of 1.
+    "batched-xla-pool": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-threads", "0"],
+    "unbatched-xla-pool": ["--max-batch-size", "1", "--solver-threads", "0"],
     "unbatched": ["--max-batch-size", "1"],
     "numpy-unbatched": ["--max-batch-size", "1", "--backend", "numpy"],
     # Not `l1pca serve`: bench/canned_server.py, gRPC alone (one canned answer, no solver, no checks),
@@ -382,6 +385,7 @@ def _notes(results):
         "* `numpy-unbatched` is one NumPy solve per request (what a direct `solve(X)` runs on the "
         "CPU for one matrix); the batched JAX service is compared with it too.",
         *_process_note(cfgs),
+        *_pool_note(cfgs),
         *_idle_note(cfgs),
         f"* GPU: {'measured on ' + gpu if gpu else 'none on this machine; no GPU numbers'}. The "
         "machine was shared with other jobs while this ran (see the `load` column), which lowers "
@@ -453,9 +457,30 @@ def _process_note(cfgs):
     return ["* Solver processes, throughput side by side: " + "; ".join(cells) + ". `batched` and "
             "`unbatched` run the default `--solver-process auto`: fits go to a child process with "
             "its own interpreter lock, with the next full batch already in its pipe, but a lone "
-            "request with nothing else computing stays in the server's solver thread (no round "
+            "request with nothing else computing or queued stays in the server's solver thread (no round "
             "trip). `-thread` keeps every fit in that thread, where the solver's NumPy steps share "
             "the lock with the event loop serving gRPC; `-process` sends every fit to the child."]
+
+
+def _pool_note(cfgs):
+    """JAX's CPU pool: ``batched`` / ``unbatched`` (``--solver-threads 1``, the default) against
+    ``-xla-pool`` (``--solver-threads 0``, XLA's default of a thread per CPU), where both ran."""
+    cells = []
+    for a in ("batched", "unbatched"):
+        if a not in cfgs or f"{a}-xla-pool" not in cfgs:
+            continue
+        one = {r["concurrency"]: r for r in cfgs[a]["levels"]}
+        pool = {r["concurrency"]: r for r in cfgs[f"{a}-xla-pool"]["levels"]}
+        cells.append(f"{a} / {a}-xla-pool: " + ", ".join(
+            f"c={c}: {one[c]['throughput_rps'] / pool[c]['throughput_rps']:.2f}x throughput, server "
+            f"CPU {one[c]['server_cpu_ms_per_req']:.2f} against {pool[c]['server_cpu_ms_per_req']:.2f} "
+            "ms/req" for c in sorted(set(one) & set(pool))))
+    if not cells:
+        return []
+    return ["* JAX's CPU pool, side by side: " + "; ".join(cells) + ". The default "
+            "`--solver-threads 1` gives JAX's CPU backend one compute thread in the server and in "
+            "each solver process; `-xla-pool` runs `--solver-threads 0`, XLA's default of a thread "
+            "per CPU (`bench/results/solver_threads.md` has the fits alone)."]
 
 
 def _idle_note(cfgs):

@@ -39,6 +39,72 @@ def _force_cpu() -> bool:
     return os.environ.get(FORCE_CPU_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def init_jax_cpu(threads: int | None = 1) -> bool:
+    """Start JAX's backends with ``threads`` threads in the CPU backend's compute pool.
+
+    XLA gives its CPU client one pool thread per CPU the creating thread may run on, and offers no
+    option to change it (jax-ml/jax#1539: "setting the task affinity map is the correct way"). So
+    this narrows the calling thread's affinity to ``threads`` of its CPUs, starts the backends, and
+    gives the original affinity back to the calling thread and to every thread the start created
+    (they inherited the narrowed one): the pool stays small, and no thread stays pinned.
+
+    Why: the batched L1-BF programs are loops of many small operations, which a larger pool mostly
+    hands between threads. On the 2-core box one thread used 30-36% less CPU per ``fit_many`` call
+    on 64 x 16 and 256 x 16 matrices, 1 or 16 per call, in 0.91-1.01x the time; large matrices lose
+    time (20000 x 50: 1.31x, at 0.8x the CPU). See ``bench/results/solver_threads.md``.
+
+    Parameters
+    ----------
+    threads : int or None, default=1
+        Pool threads; None (or at least the CPU count) leaves XLA's default.
+
+    Returns
+    -------
+    bool
+        Whether the pool was sized here: False when ``threads`` is None or not below the CPU count,
+        on systems without ``sched_setaffinity`` (not Linux), and when JAX's backends were already
+        started in this process (then nothing changes).
+
+    Examples
+    --------
+    >>> from l1pca.kernels.backends import init_jax_cpu
+    >>> init_jax_cpu(1)  # before anything else in the process uses JAX  # doctest: +SKIP
+    True
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ValueError(f"threads={threads!r} must be a positive int or None")
+    import jax
+    from jax._src import xla_bridge  # backends_are_initialized has no public name
+
+    if xla_bridge.backends_are_initialized():
+        return False
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if threads is None or getaffinity is None or threads >= len(getaffinity(0)):
+        jax.devices()
+        return False
+    mask = getaffinity(0)
+    before = _thread_ids()
+    os.sched_setaffinity(0, set(sorted(mask)[:threads]))
+    try:
+        jax.devices()
+    finally:
+        os.sched_setaffinity(0, mask)
+        for tid in _thread_ids() - before:
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:  # the thread ended meanwhile
+                pass
+    return True
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
 @functools.lru_cache(maxsize=None)
 def cupy_usable() -> bool:
     """CuPy imports, sees a CUDA device, and can run a kernel on it."""

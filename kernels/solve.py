@@ -239,7 +239,8 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
                             random_state=random_state, max_flips=max_flips, tol=tol,
                             warm_start=warm_start, pair_moves=pair_moves,
                             max_candidates=max_candidates, progress=progress)
-    return [replace(res, objective=res.objective * sc) for res, sc in zip(results, scales)]
+    return [res if sc == 1.0 else replace(res, objective=res.objective * sc)
+            for res, sc in zip(results, scales)]
 
 
 def _pow2_scale(peak):

@@ -109,8 +109,12 @@ FLAGS = (
     ("--solver-process", _auto_on_off, "auto",
      "run each solver thread's fits in a child process with its own interpreter lock: more batched "
      "throughput under concurrency on the CPU, a round trip more per call (on: every fit; auto: "
-     "on the CPU only, and a lone request with nothing else computing stays in the solver thread; "
-     "off: none)"),
+     "on the CPU only, and a lone request with nothing else computing or queued stays in the solver "
+     "thread; off: none)"),
+    ("--solver-threads", _non_negative_int, "1",
+     "threads of JAX's CPU backend in the server and in each solver process (0 = one per CPU, "
+     "XLA's default): 1 spends about a third less CPU on batches of small matrices; more shortens "
+     "a lone fit of a large matrix on a many-core node"),
     ("--max-concurrent-rpcs", _non_negative_int, "0",
      "most calls handled at once; gRPC refuses more with RESOURCE_EXHAUSTED before reading them "
      "(0 = max-queue + workers x max-batch-size + 64, twice the workers with solver processes: each "
@@ -167,6 +171,7 @@ class ServeConfig:
     max_queue: int = 1024
     workers: int = 1
     solver_process: str = "auto"
+    solver_threads: int = 1
     max_concurrent_rpcs: int = 0
     max_rows: int = 200000
     max_cols: int = 4096

@@ -24,9 +24,12 @@ The service does no arithmetic: a batch of fit requests becomes one
   child process (:mod:`l1pca.service.solver_process`), so that the solver's Python steps do not
   share the event loop's interpreter lock; everything else here (backend choice, fallbacks, fault
   injection, timeouts) stays in the server process. ``on``: every call; ``auto`` (the default; on
-  the CPU only): every call but a lone request while nothing else computes, which runs in the
-  solver thread: it skips the pipe's round trip, and with nothing else to do the event loop has
+  the CPU only): every call but a lone request while nothing else computes or waits, which runs in
+  the solver thread: it skips the pipe's round trip, and with nothing else to do the event loop has
   little need of the lock.
+* JAX's CPU thread pool (``--solver-threads``, default 1) is sized before JAX starts, here and in
+  each solver process (:func:`l1pca.kernels.backends.init_jax_cpu`): the batched programs are loops
+  of small operations that a larger pool spends its time handing between threads.
 * A hung worker (a solver call past ``--solve-timeout-s``) is abandoned: the server fails its batch
   with UNAVAILABLE and :meth:`SolverRunner.replace_workers` starts a fresh thread pool (counted in
   ``l1pca_worker_restarts_total``); Python cannot kill a thread, so the hung one is left to end on its
@@ -97,11 +100,28 @@ class SolveClock:
 
 PROCESS_MIN_BATCH = 2
 """``--solver-process auto``: the smallest batch always sent to a solver process. A smaller one runs
-in the solver thread while no other call computes: there the pipe's round trip (0.3 ms empty, 0.6 ms
-on a 64 x 16 fit) cost a lone client 20% of its throughput, and the event loop has little else to
-do. Under concurrency it goes to the child too, where it overlaps with the server's other work
-(side by side at 4 to 256 clients with ``--max-batch-size 1``: 1.2-1.45x the throughput of fitting
-it in the thread)."""
+in the solver thread while no other call computes and no request waits in the queue: there the
+pipe's round trip (0.3 ms empty, 0.6 ms on a 64 x 16 fit) cost a lone client 20% of its throughput,
+and the event loop has little else to do. Under concurrency it goes to the child too, where it
+overlaps with the server's other work. "No other call computes" alone was not enough: with
+``--max-batch-size 1`` under load the child often finished before the event loop handed over the
+next request, which then ran in the thread, beside the event loop (0.75-0.86x the throughput of
+``--solver-process on`` at 4 to 256 clients in one run). With the queue counted: 0.84-1.02x in two
+runs; at 4-16 clients the queue is sometimes empty at the hand-over."""
+
+
+def _size_jax_pool(threads):
+    """:func:`l1pca.kernels.backends.init_jax_cpu` in this process, logged; a JAX that fails to
+    start is left to the backend choice to report."""
+    try:
+        sized = backends.init_jax_cpu(threads)
+    except Exception as exc:  # noqa: BLE001 - e.g. a broken GPU plugin: select_backend decides
+        log.warning("JAX's CPU pool not sized: JAX did not start (%s: %s)", type(exc).__name__, exc)
+        return
+    log.info("JAX's CPU pool: %s", f"{threads} thread(s)" if sized else
+             "XLA's default, a thread per CPU" if threads is None else
+             f"not resized (JAX already started in this process, at most {threads} CPU(s) here, "
+             "or not Linux)")
 
 
 def batch_ladder(max_batch_size):
@@ -174,11 +194,17 @@ class SolverRunner:
     solver_process : {"auto", "on", "off"}
         Run the fits in ``workers`` child processes (:mod:`l1pca.service.solver_process`): "on"
         every fit; "auto" on the CPU only, and a batch smaller than :data:`PROCESS_MIN_BATCH` only
-        while another call computes.
+        while another call computes or requests wait.
+    solver_threads : int
+        Threads of JAX's CPU backend in this process and in each solver process; 0 leaves XLA's
+        default (one per CPU). Only where JAX may run (backend "auto" or "jax").
     """
 
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
-                 fault_inject=None, sharded_min_rows=0, solver_process="auto"):
+                 fault_inject=None, sharded_min_rows=0, solver_process="auto", solver_threads=1):
+        jax_threads = int(solver_threads) or None
+        if backend in ("auto", "jax"):  # before select_backend starts JAX to look for a GPU
+            _size_jax_pool(jax_threads)
         self.backend, self.device, self.on_gpu = select_backend(backend)
         self._auto_cpu = backend == "auto" and not self.on_gpu
         self.sharded_min_rows = int(sharded_min_rows)
@@ -201,8 +227,10 @@ class SolverRunner:
         if solver_process == "on" or (solver_process == "auto" and not self.on_gpu):
             from .solver_process import SolverProcesses
 
+            jax_here = self.backend == "jax"
             self._procs = SolverProcesses(
-                self.workers, preload=("l1pca.kernels.bitflip_jax",) if self.backend == "jax" else ())
+                self.workers, preload=("l1pca.kernels.bitflip_jax",) if jax_here else (),
+                jax_threads=jax_threads if jax_here else None)
         # With solver processes, a thread per call a child can hold: the batch after the running one
         # waits in the child's pipe, not in this pool's queue.
         self.standby_batches = self.workers * (self._procs.depth - 1) if self._procs is not None else 0
@@ -219,12 +247,12 @@ class SolverRunner:
             procs = f", in {self.workers} solver process(es)"
             if self._process_min_batch > 1:
                 procs += (f" (smaller batches than {self._process_min_batch} in the solver thread "
-                          "while nothing else computes)")
+                          "while nothing else computes or waits)")
         return f"backend={self.backend} on {where}{procs}"
 
     def _in_process(self, batch: int, *, alone: bool) -> bool:
         """Whether a batch of this many fits runs in a solver process (else in the thread);
-        ``alone``: no other solver call is running."""
+        ``alone``: no other solver call is running and no request was queued at the hand-over."""
         return self._procs is not None and (batch >= self._process_min_batch or not alone)
 
     def _may_run_here(self, batch: int) -> bool:
@@ -245,12 +273,13 @@ class SolverRunner:
         there = frozenset.intersection(*self._procs.broadcast("compiled"))
         return frozenset(key for key in there if key in here or not self._may_run_here(key[0]))
 
-    def _fit_many(self, mats, *args, clock: SolveClock, **kwargs):
+    def _fit_many(self, mats, *args, clock: SolveClock, queued=False, **kwargs):
         """``fit_many`` in a solver process when the batch goes there, else in this thread;
-        ``clock`` hears when it could start (in a child, after the call ahead)."""
+        ``clock`` hears when it could start (in a child, after the call ahead); ``queued``: requests
+        were waiting when the batch was handed over."""
         with self._pool_lock:
             self._active += 1
-            alone = self._active == 1
+            alone = self._active == 1 and not queued
         try:
             if self._in_process(len(mats), alone=alone):
                 clock.mark(None)  # in the child's pipe: not started until its turn comes
@@ -293,15 +322,17 @@ class SolverRunner:
         return True
 
     # -- batches --------------------------------------------------------------------------------
-    def fit_batch(self, key: FitKey, payloads, clock=None):
+    def fit_batch(self, key: FitKey, payloads, clock=None, queued=False):
         """Fit every ``(X, seed)`` of one batch; one FitResult or exception per payload.
 
         Runs in a solver thread. ``clock`` (:class:`SolveClock`), if given, hears when the solver
-        could start the batch.
+        could start the batch. ``queued``: other requests were waiting in the server's queue when
+        the batch was handed over (``--solver-process auto`` then sends even a lone request to the
+        solver process, :data:`PROCESS_MIN_BATCH`).
         """
         backend = self._backend_for(key.method, key.n_components)
         try:
-            return self._attempt(key, payloads, backend, inject=True, clock=clock)
+            return self._attempt(key, payloads, backend, inject=True, clock=clock, queued=queued)
         except Exception as exc:
             if (self.on_gpu or isinstance(exc, InjectedDeviceFault)) and is_device_failure(exc):
                 log.warning("device failure on %s for a batch of %d (%s: %s); re-running it on the "
@@ -309,7 +340,8 @@ class SolverRunner:
                 if self._metrics is not None:
                     self._metrics.cpu_fallback.inc()
                 try:
-                    return self._attempt(key, payloads, "numpy", inject=False, clock=clock)
+                    return self._attempt(key, payloads, "numpy", inject=False, clock=clock,
+                                         queued=queued)
                 except (ValueError, TypeError) as again:
                     return self._one_by_one(key, payloads, "numpy", again)
             if isinstance(exc, (ValueError, TypeError)):
@@ -335,7 +367,7 @@ class SolverRunner:
                 out.append(InvalidArgument(str(err)))
         return out
 
-    def _attempt(self, key: FitKey, payloads, backend, *, inject, clock=None):
+    def _attempt(self, key: FitKey, payloads, backend, *, inject, clock=None, queued=False):
         seeds = [seed for _, seed in payloads]
         if clock is None:
             clock = SolveClock()
@@ -352,7 +384,7 @@ class SolverRunner:
                    and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
         results = self._fit_many(
             mats, key.n_components, method=key.method, center=key.center, n_init=key.n_init,
-            seeds=seeds, contamination=key.contamination, backend=backend, clock=clock,
+            seeds=seeds, contamination=key.contamination, backend=backend, clock=clock, queued=queued,
             **({"devices": "all"} if sharded else {}))
         if sharded and self._metrics is not None:
             self._metrics.sharded_fits.inc(len(mats))

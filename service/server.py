@@ -103,7 +103,8 @@ class L1PCAServer:
         self.runner = SolverRunner(cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size,
                                    metrics=self.metrics, fault_inject=self._fault_inject,
                                    sharded_min_rows=cfg.sharded_min_rows,
-                                   solver_process=cfg.solver_process)
+                                   solver_process=cfg.solver_process,
+                                   solver_threads=cfg.solver_threads)
         self.metrics.queue_capacity.set(cfg.max_queue)
         self.metrics.build.info({"version": _version(), "backend": self.runner.backend,
                                  "device": self.runner.device})
@@ -193,7 +194,9 @@ class L1PCAServer:
         computing, and must not fail because that one hung (it runs again on the fresh process).
         One that never starts fails after twice the timeout from the hand-over."""
         clock = SolveClock()
-        future = asyncio.wrap_future(self.runner.submit(self.runner.fit_batch, key, payloads, clock))
+        queued = self.batcher.depth > 0  # others wait: a lone request goes to the solver process
+        future = asyncio.wrap_future(self.runner.submit(self.runner.fit_batch, key, payloads, clock,
+                                                        queued))
         pool = self.runner.executor
         timeout_s = self.config.solve_timeout_s or None
         if timeout_s is None:

@@ -6,7 +6,7 @@ then time-slice the lock with the event loop: on the 2-core box a batch of 16 to
 long inside the server as alone. Each call pays a round trip through the pipe: 0.3 ms for an empty
 call on this machine, about 0.6 ms on a lone 64 x 16 fit. So ``--solver-process auto`` (the
 default, on the CPU only: on a GPU the server process holds the device) sends every fit here but a
-lone request while nothing else computes, which stays in the solver thread
+lone request while nothing else computes or waits, which stays in the solver thread
 (:data:`l1pca.service.runner.PROCESS_MIN_BATCH`); ``on`` sends every fit. Measured side by side in
 ``bench/results/service_load.md``.
 
@@ -48,10 +48,18 @@ class SolverProcessDied(RuntimeError):
         self.started = started
 
 
-def _child_main(conn, preload=()):
-    """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes."""
+def _child_main(conn, preload=(), jax_threads=None):
+    """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes. With
+    ``jax_threads``, JAX's CPU pool is sized first (:func:`l1pca.kernels.backends.init_jax_cpu`)."""
     import importlib
 
+    if jax_threads is not None:
+        from l1pca.kernels.backends import init_jax_cpu
+
+        try:
+            init_jax_cpu(jax_threads)
+        except Exception as exc:  # noqa: BLE001 - the fits will report a JAX that cannot start
+            log.warning("solver process: JAX's CPU pool not sized (%s: %s)", type(exc).__name__, exc)
     for name in preload:  # before any thread of the child imports it lazily (a half-imported module)
         importlib.import_module(name)
     from l1pca.kernels.fitting import fit_many
@@ -87,10 +95,10 @@ class _Child:
     """One solver process and its pipe. Calls are answered in the order they were sent; up to
     :data:`PIPELINE_DEPTH` callers may wait on it, each for its own answer."""
 
-    def __init__(self, ctx, preload):
+    def __init__(self, ctx, preload, jax_threads=None):
         self.conn, child_end = ctx.Pipe()
-        self.process = ctx.Process(target=_child_main, args=(child_end, preload), daemon=True,
-                                   name="l1pca-solver")
+        self.process = ctx.Process(target=_child_main, args=(child_end, preload, jax_threads),
+                                   daemon=True, name="l1pca-solver")
         self.process.start()
         child_end.close()
         self.inflight = 0  # calls taken and not given back (kept by SolverProcesses, under its lock)
@@ -173,15 +181,18 @@ class SolverProcesses:
     depth : int
         Calls one child may hold at once (:data:`PIPELINE_DEPTH`); a call waits for a child with
         room.
+    jax_threads : int, optional
+        Threads of JAX's CPU backend in each child (None: XLA's default, one per CPU).
     """
 
-    def __init__(self, count: int, preload=(), depth: int = PIPELINE_DEPTH):
+    def __init__(self, count: int, preload=(), depth: int = PIPELINE_DEPTH, jax_threads=None):
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._preload = tuple(preload)
+        self._jax_threads = jax_threads
         self.depth = int(depth)
         self._cond = threading.Condition()
         self._closed = False
-        self._children = [_Child(self._ctx, self._preload) for _ in range(int(count))]
+        self._children = [self._new_child() for _ in range(int(count))]
         self.calls = 0  # calls taken by call_timed (each attempt; counted in _take), for tests
 
     def call(self, op: str, *args, **kwargs):
@@ -243,7 +254,7 @@ class SolverProcesses:
             busy = [c for c in self._children if c.inflight > 0]
             self._children = [c for c in self._children if c.inflight == 0]
             if not self._closed:
-                self._children += [_Child(self._ctx, self._preload) for _ in busy]
+                self._children += [self._new_child() for _ in busy]
             self._cond.notify_all()
         for child in busy:
             child.kill(close_pipe=False)  # its callers are waiting on the pipe
@@ -258,6 +269,9 @@ class SolverProcesses:
             child.kill(close_pipe=child.inflight == 0)
 
     # -- internals ------------------------------------------------------------------------------
+    def _new_child(self) -> _Child:
+        return _Child(self._ctx, self._preload, self._jax_threads)
+
     def _take(self) -> _Child:
         with self._cond:
             while True:
@@ -284,7 +298,7 @@ class SolverProcesses:
                 return
             self._children.remove(child)
             if not self._closed:
-                self._children.append(_Child(self._ctx, self._preload))
+                self._children.append(self._new_child())
             self._cond.notify_all()
         child.kill(close_pipe=False)  # closed by its call already
         log.error("solver process %s ended (exit code %s); started another", child.process.pid,

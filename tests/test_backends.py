@@ -78,3 +78,46 @@ def test_auto_prefers_the_gpu(monkeypatch):
     monkeypatch.delenv(backends.FORCE_CPU_ENV, raising=False)
     assert backends.resolve("auto", "bitflip", 1) in ("cupy", "jax")
     assert backends.device_description() != "cpu"
+
+
+def test_init_jax_cpu_checks_its_argument():
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads="):
+            backends.init_jax_cpu(bad)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"),
+                    reason="CPU affinity is Linux-only")
+def test_init_jax_cpu_sizes_the_pool_once_and_pins_no_thread():
+    """In a fresh interpreter: the first call sizes XLA's CPU pool and returns True; every thread
+    keeps the process's CPUs; a second call (JAX started) changes nothing and returns False."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU here: a one-thread pool is XLA's default too")
+    script = r"""
+import json, os
+from l1pca.kernels.backends import init_jax_cpu
+mask = os.sched_getaffinity(0)
+first = init_jax_cpu(1)
+import jax.numpy as jnp
+float(jnp.arange(4.0).sum())  # run a program: the pool exists and is used
+second = init_jax_cpu(1)
+names, pinned = [], 0
+for tid in os.listdir("/proc/self/task"):
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        names.append(f.read().strip())
+    pinned += os.sched_getaffinity(int(tid)) != mask
+print(json.dumps({"first": first, "second": second, "pool": sum("XLAEigen" in n for n in names),
+                  "pinned": pinned}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (got["first"], got["second"], got["pinned"]) == (True, False, 0)
+    if got["pool"] == 0:
+        pytest.skip("no thread named tf_XLAEigen: this jaxlib names its CPU pool threads otherwise")
+    assert got["pool"] == 1

@@ -1,5 +1,6 @@
 """Solver processes (service/solver_process.py): fits in child processes, answers and failures
 as in the server's own process."""
+import os
 import pickle
 import threading
 import time
@@ -155,7 +156,8 @@ def test_a_call_queued_behind_a_killed_one_runs_on_a_fresh_child(procs):
 
 def test_auto_fits_a_lone_request_here_and_batches_in_the_child():
     """``--solver-process auto``: a batch goes to the child, and so does a lone request while
-    another call computes; a lone request with nothing else to do runs in this process. Warm-up
+    another call computes (next test) or others wait in the server's queue; a lone request with
+    nothing else to do runs in this process. Warm-up
     compiles every batch size in the child and batch size 1 here too; each child holds a standby
     batch."""
     from l1pca.service.runner import compiled_buckets
@@ -177,10 +179,13 @@ def test_auto_fits_a_lone_request_here_and_batches_in_the_child():
         assert runner._procs.calls == calls + 1  # the batch of 3 went to the child
         got_one = runner.fit_batch(key, [(Xs[0], 7)])[0]
         assert runner._procs.calls == calls + 1  # the lone one, alone, did not
+        queued_one = runner.fit_batch(key, [(Xs[0], 7)], None, True)[0]
+        assert runner._procs.calls == calls + 2  # with requests queued behind it, it did
         want = fit_many(Xs, 1, n_init=3, seeds=[7, 8, 9], backend="jax")
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g.components, w.components)
         np.testing.assert_array_equal(got_one.components, want[0].components)
+        np.testing.assert_array_equal(queued_one.components, want[0].components)
     finally:
         runner.shutdown()
 
@@ -221,6 +226,58 @@ def test_the_runner_fits_in_its_process_and_warms_it_up():
         assert got.threshold == want.threshold
     finally:
         runner.shutdown()
+
+
+def _threads_of(pid):
+    """``(names, affinity masks)`` of every thread of process ``pid``."""
+    names, masks = [], []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+            masks.append(os.sched_getaffinity(int(tid)))
+        except OSError:  # the thread ended meanwhile
+            pass
+    return names, masks
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
+def test_solver_processes_size_jax_cpu_pool_and_pin_no_thread():
+    """--solver-threads reaches the child: 1 (the default) gives XLA's CPU backend one compute
+    thread instead of one per CPU, and every thread of the child may still run on every CPU."""
+    mask = os.sched_getaffinity(0)
+    if len(mask) < 2:
+        pytest.skip("one CPU here: a one-thread pool is XLA's default too")
+    pools = {}
+    for threads in (1, 0):
+        runner = SolverRunner("jax", solver_process="on", solver_threads=threads)
+        try:
+            key = FitKey("bitflip", 1, 3, "median", "auto", (16, 8))
+            got = runner.fit_batch(key, [(_data(5, n=16, d=4), 7)])[0]  # JAX ran in the child
+            want = fit_many([_data(5, n=16, d=4)], 1, n_init=3, seeds=[7], backend="jax")[0]
+            np.testing.assert_array_equal(got.components, want.components)
+            names, masks = _threads_of(runner._procs._children[0].process.pid)
+        finally:
+            runner.shutdown()
+        pools[threads] = sum("XLAEigen" in n for n in names)
+        assert all(m == mask for m in masks), "a thread of the solver process stayed pinned"
+    if pools[0] == 0:
+        pytest.skip("no thread named tf_XLAEigen: this jaxlib names its CPU pool threads otherwise")
+    assert pools == {1: 1, 0: len(mask)}
+
+
+def test_the_solver_threads_flag(monkeypatch):
+    import argparse
+
+    def parse(argv, env=None):
+        p = add_serve_arguments(argparse.ArgumentParser(), environ=env or {})
+        return ServeConfig.from_args(p.parse_args(argv)).solver_threads
+
+    assert parse([]) == 1
+    assert parse(["--solver-threads", "0"]) == 0
+    assert parse([], {"L1PCA_SOLVER_THREADS": "4"}) == 4
+    with pytest.raises(SystemExit):
+        parse(["--solver-threads", "-1"])
 
 
 def test_release_freed_memory_trims_the_allocator_where_it_can():
