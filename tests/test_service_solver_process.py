@@ -157,9 +157,8 @@ def test_a_call_queued_behind_a_killed_one_runs_on_a_fresh_child(procs):
 def test_auto_fits_a_lone_request_here_and_batches_in_the_child():
     """``--solver-process auto``: a batch goes to the child, and so does a lone request while
     another call computes (next test) or others wait in the server's queue; a lone request with
-    nothing else to do runs in this process. Warm-up
-    compiles every batch size in the child and batch size 1 here too; each child holds a standby
-    batch."""
+    nothing else to do runs in this process. Warm-up compiles every batch size in the child and
+    batch size 1 here too; each child holds a standby batch."""
     from l1pca.service.runner import compiled_buckets
 
     runner = SolverRunner("jax", solver_process="auto", max_batch_size=4)
@@ -266,7 +265,7 @@ def test_solver_processes_size_jax_cpu_pool_and_pin_no_thread():
     assert pools == {1: 1, 0: len(mask)}
 
 
-def test_the_solver_threads_flag(monkeypatch):
+def test_the_solver_threads_flag():
     import argparse
 
     def parse(argv, env=None):
