@@ -49,8 +49,8 @@ CONFIGS = {
     "batched-wait": ["--max-batch-size", "16", "--max-delay-ms", "2", "--flush-when-idle", "off"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
     # --solver-process auto (the default) fits in a solver process but for a lone request with
-    # nothing else computing or queued (in the solver thread); "off" keeps every fit in the thread, "on" sends
-    # every one to the process.
+    # nothing else computing or queued (in the solver thread); "off" keeps every fit in the thread,
+    # "on" sends every one to the process.
     "batched-thread": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "off"],
     "batched-process": ["--max-batch-size", "16", "--max-delay-ms", "2", "--solver-process", "on"],
     "unbatched-process": ["--max-batch-size", "1", "--solver-process", "on"],
@@ -457,9 +457,10 @@ def _process_note(cfgs):
     return ["* Solver processes, throughput side by side: " + "; ".join(cells) + ". `batched` and "
             "`unbatched` run the default `--solver-process auto`: fits go to a child process with "
             "its own interpreter lock, with the next full batch already in its pipe, but a lone "
-            "request with nothing else computing or queued stays in the server's solver thread (no round "
-            "trip). `-thread` keeps every fit in that thread, where the solver's NumPy steps share "
-            "the lock with the event loop serving gRPC; `-process` sends every fit to the child."]
+            "request with nothing else computing or queued stays in the server's solver thread (no "
+            "round trip). `-thread` keeps every fit in that thread, where the solver's NumPy steps "
+            "share the lock with the event loop serving gRPC; `-process` sends every fit to the "
+            "child."]
 
 
 def _pool_note(cfgs):

@@ -50,16 +50,13 @@ class SolverProcessDied(RuntimeError):
 
 def _child_main(conn, preload=(), jax_threads=None):
     """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes. With
-    ``jax_threads``, JAX's CPU pool is sized first (:func:`l1pca.kernels.backends.init_jax_cpu`)."""
+    ``jax_threads``, JAX's CPU pool is sized first (:func:`l1pca.service.runner._size_jax_pool`)."""
     import importlib
 
     if jax_threads is not None:
-        from l1pca.kernels.backends import init_jax_cpu
+        from .runner import _size_jax_pool
 
-        try:
-            init_jax_cpu(jax_threads)
-        except Exception as exc:  # noqa: BLE001 - the fits will report a JAX that cannot start
-            log.warning("solver process: JAX's CPU pool not sized (%s: %s)", type(exc).__name__, exc)
+        _size_jax_pool(jax_threads)
     for name in preload:  # before any thread of the child imports it lazily (a half-imported module)
         importlib.import_module(name)
     from l1pca.kernels.fitting import fit_many
