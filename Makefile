@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/solver_speed.py
 	$(PY) bench/sharded.py
 	$(PY) bench/solver_threads.py
+	$(PY) bench/compaction.py
 
 # The gRPC service on 127.0.0.1:50051, metrics on 127.0.0.1:9464 (flags: SERVE_ARGS='--port 6000').
 serve: $(STAMP)

@@ -166,9 +166,11 @@ def _pair_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
     )
 
 
-COMPACT_FACTOR = 8
+COMPACT_FACTOR = 4
 """The flip loop moves the searches still running into a lane array this many times smaller once
-no more than that many are left (:func:`_flip_loop`)."""
+no more than that many are left (:func:`_flip_loop`). ``bench/results/compaction.md`` (CPU per call,
+64 x 16, K = 2, 8 starts): against 8, 0.81-0.88x for 64 problems, 0.96-0.97x for 16, 0.89-1.04x for
+one; 2 adds levels (each a gather and a loop) and was dearer for 1 and 16."""
 
 
 def _lane_levels(lanes: int) -> tuple[int, ...]:

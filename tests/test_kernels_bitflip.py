@@ -133,13 +133,13 @@ def test_jax_lane_compaction_keeps_every_search_on_its_reference_path(K, pairs):
     """The batched search (search_lanes) moves the running searches into smaller lane arrays as the
     others end, and runs later pair checks on the few that need them: every search, whichever
     array it ends in, takes the NumPy reference's flips and ends on its signs. 6 problems x 8 starts
-    (levels 48, 6), of several lengths (zero-padded rows and features, as a bucket pads them)."""
+    (levels 48, 12, 3), of several lengths (zero-padded rows and features, as a bucket pads them)."""
     import jax
     import jax.numpy as jnp
 
     from l1pca.kernels.bitflip_jax import _lane_levels, search_lanes
 
-    assert _lane_levels(48) == (48, 6) and _lane_levels(512) == (512, 64, 8, 1)
+    assert _lane_levels(48) == (48, 12, 3) and _lane_levels(512) == (512, 128, 32, 8, 2)
     rng = np.random.default_rng(60 + K)
     N, D, S = 24, 6, 8
     Ys, starts = [], []

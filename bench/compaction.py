@@ -1,0 +1,118 @@
+"""Lane compaction in the batched JAX search: CPU per ``solve_bucket`` call for each
+``COMPACT_FACTOR`` (how much smaller each lane array is than the last, as searches end).
+
+The batched search (``l1pca.kernels.bitflip_jax._flip_loop``) steps every start of every problem
+while more than ``lanes / COMPACT_FACTOR`` of them run, then gathers the running ones into an array
+that many times smaller, and so on down. A small factor keeps fewer finished searches in the arrays
+but adds levels (each a gather, a loop and a scatter). The factor is read when the search is traced,
+so each measurement runs in a fresh interpreter with it set; the factors alternate, ``--rounds``
+times, so that their ratios are side by side on a noisy machine. Two kinds of data, 64 x 16, K = 2,
+8 starts: Gaussian matrices (long searches) and the matrices ``bench/service_load.py`` sends (rank 2
+plus noise plus outliers, median-centred as the service centres them: shorter searches).
+
+    python bench/compaction.py            # writes bench/results/compaction.{md,json}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FACTORS = (8, 4, 2)
+BATCHES = (1, 16, 64)
+DATA = ("gaussian", "service")
+
+_WORKER = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+factor, data, b, calls = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+from l1pca.kernels.backends import init_jax_cpu
+init_jax_cpu(1)  # as the service runs it (--solver-threads 1)
+import numpy as np
+from l1pca.kernels import bitflip_jax
+bitflip_jax.COMPACT_FACTOR = int(factor)
+rng = np.random.default_rng(0)
+if data == "service":
+    from service_load import make_pool
+    pool = np.stack(make_pool(64, 16, 2, size=256))
+    pool = pool - np.median(pool, axis=1, keepdims=True)
+def draw():
+    X = pool[rng.integers(0, len(pool), b)] if data == "service" else rng.standard_normal((b, 64, 16))
+    return X, rng.standard_normal((b, 7, 16, 2))
+bitflip_jax.solve_bucket(*draw(), max_flips=3000, tol=1e-9)  # compile
+cpu = []
+for _ in range(calls):
+    X, G = draw()
+    c0 = time.process_time()
+    bitflip_jax.solve_bucket(X, G, max_flips=3000, tol=1e-9)
+    cpu.append(time.process_time() - c0)
+print(json.dumps({"cpu_ms": 1e3 * float(np.median(cpu)), "calls": calls}))
+"""
+
+
+def run_one(factor, data, batch, calls):
+    out = subprocess.run([sys.executable, "-c", _WORKER, str(ROOT / "bench"), str(factor), data,
+                          str(batch), str(calls)],
+                         capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--calls", type=int, default=60, help="timed calls per measurement (a third of "
+                                                          "that for batches of 64)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "compaction"))
+    args = p.parse_args(argv)
+    rows = []
+    for data in DATA:
+        for batch in BATCHES:
+            calls = args.calls if batch < 64 else max(2, args.calls // 3)
+            got = {f: [] for f in FACTORS}
+            for r in range(args.rounds):
+                for f in FACTORS[r % len(FACTORS):] + FACTORS[:r % len(FACTORS)]:
+                    got[f].append(run_one(f, data, batch, calls)["cpu_ms"])
+            med = {f: float(np.median(v)) for f, v in got.items()}
+            rows.append({"data": data, "batch": batch, "runs": got, "median_cpu_ms": med})
+            print(f"{data} b={batch}: " + ", ".join(f"factor {f} {med[f]:.2f} ms" for f in FACTORS),
+                  flush=True)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    result = {"machine": {"cpus": cpus, "platform": platform.platform(),
+                          "python": platform.python_version()},
+              "rounds": args.rounds, "calls": args.calls, "rows": rows}
+    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    base = FACTORS[0]
+    lines = [
+        "# Lane compaction in the batched JAX search: `bench/compaction.py`", "",
+        f"Machine: {cpus} CPUs, no GPU ({platform.platform()}, Python {platform.python_version()}). "
+        "CPU time per `solve_bucket` call (64 x 16, K=2, 8 starts; JAX's CPU pool at one thread, as "
+        f"the service runs it), median of {args.calls} calls ({max(2, args.calls // 3)} for 64 "
+        f"matrices) after the compile, in a fresh interpreter per measurement; the factors take turns, "
+        f"{args.rounds} rounds; medians of the rounds. `gaussian`: standard normal matrices; "
+        "`service`: the matrices `bench/service_load.py` sends, median-centred.", "",
+        "| data | matrices per call | " + " | ".join(f"factor {f}: CPU ms" for f in FACTORS) + " | "
+        + " | ".join(f"{f} / {base}" for f in FACTORS[1:]) + " |",
+        "|---|---:|" + "---:|" * (2 * len(FACTORS) - 1),
+    ]
+    for row in rows:
+        med = row["median_cpu_ms"]
+        lines.append(f"| {row['data']} | {row['batch']} | "
+                     + " | ".join(f"{med[f]:.2f}" for f in FACTORS) + " | "
+                     + " | ".join(f"{med[f] / med[base]:.2f}" for f in FACTORS[1:]) + " |")
+    lines += ["", "Ratios below 1: cheaper than a factor of 8 (the setting before 2026-12-02). "
+              "`l1pca.kernels.bitflip_jax.COMPACT_FACTOR` is 4.", ""]
+    Path(args.out + ".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
