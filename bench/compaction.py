@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from _report import machine, machine_sentence, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,15 +84,12 @@ def main(argv=None):
             rows.append({"data": data, "batch": batch, "runs": got, "median_cpu_ms": med})
             print(f"{data} b={batch}: " + ", ".join(f"factor {f} {med[f]:.2f} ms" for f in FACTORS),
                   flush=True)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    result = {"machine": {"cpus": cpus, "platform": platform.platform(),
-                          "python": platform.python_version()},
-              "rounds": args.rounds, "calls": args.calls, "rows": rows}
-    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    info = machine()
+    result = {"machine": info, "rounds": args.rounds, "calls": args.calls, "rows": rows}
     base = FACTORS[0]
     lines = [
         "# Lane compaction in the batched JAX search: `bench/compaction.py`", "",
-        f"Machine: {cpus} CPUs, no GPU ({platform.platform()}, Python {platform.python_version()}). "
+        machine_sentence(info) +
         "CPU time per `solve_bucket` call (64 x 16, K=2, 8 starts; JAX's CPU pool at one thread, as "
         f"the service runs it), median of {args.calls} calls ({max(2, args.calls // 3)} for 64 "
         f"matrices) after the compile, in a fresh interpreter per measurement; the factors take turns, "
@@ -109,8 +106,7 @@ def main(argv=None):
                      + " | ".join(f"{med[f] / med[base]:.2f}" for f in FACTORS[1:]) + " |")
     lines += ["", "Ratios below 1: cheaper than a factor of 8 (the setting before 2026-12-02). "
               "`l1pca.kernels.bitflip_jax.COMPACT_FACTOR` is 4.", ""]
-    Path(args.out + ".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, result, lines)
     return 0
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from _report import machine, machine_sentence, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,19 +76,16 @@ def main(argv=None):
         print(f"{r}x{c} K={K} b={b}: one thread {med['1']['wall_ms']:.2f} ms wall "
               f"{med['1']['cpu_ms']:.2f} ms CPU; XLA default {med['default']['wall_ms']:.2f} / "
               f"{med['default']['cpu_ms']:.2f}", flush=True)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    result = {"machine": {"cpus": cpus, "platform": platform.platform(),
-                          "python": platform.python_version()},
-              "rounds": args.rounds, "seconds": args.seconds, "cases": rows}
-    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    info = machine()
+    result = {"machine": info, "rounds": args.rounds, "seconds": args.seconds, "cases": rows}
     lines = [
         "# JAX's CPU pool and batched L1-BF: `bench/solver_threads.py`", "",
-        f"Machine: {cpus} CPUs, no GPU ({platform.platform()}, Python {platform.python_version()}). "
+        machine_sentence(info) +
         f"`fit_many(..., backend=\"jax\")` of random Gaussian matrices in a loop for {args.seconds:g} s "
         f"after the compile, in a fresh interpreter per measurement; the two pool sizes alternate, "
         f"{args.rounds} rounds; medians. CPU is the process's, all threads.", "",
         "| matrices per call | one thread: ms / call | CPU ms / call | XLA default "
-        f"({cpus} threads): ms / call | CPU ms / call | time ratio | CPU ratio |",
+        f"({info['cpus']} threads): ms / call | CPU ms / call | time ratio | CPU ratio |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -100,8 +97,7 @@ def main(argv=None):
     lines += ["", "Ratios below 1: the one-thread pool is faster / cheaper. `l1pca serve "
               "--solver-threads` (default 1; 0 = XLA's default) sets the pool of the server and of "
               "each solver process (`l1pca.kernels.backends.init_jax_cpu`).", ""]
-    Path(args.out + ".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, result, lines)
     return 0
 
 
