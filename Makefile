@@ -35,8 +35,10 @@ serve: $(STAMP)
 proto: $(STAMP)
 	$(PY) proto/generate.py
 
-# Loopback load test of the service; writes bench/results/service_load.{md,json}.
+# The server's own work per request (bench/results/request_path.*), then the loopback load test of
+# the service (bench/results/service_load.*).
 bench-service: $(STAMP)
+	$(PY) bench/request_path.py
 	$(PY) bench/service_load.py
 
 clean:

@@ -1,5 +1,5 @@
-"""What the solver A/B benches (``solver_threads.py``, ``compaction.py``) share: the machine they
-ran on, told the same way, and their results written as a ``.json`` / ``.md`` pair."""
+"""What the CPU benches ``solver_threads.py``, ``compaction.py`` and ``request_path.py`` share: the
+machine they ran on, told the same way, and their results written as a ``.json`` / ``.md`` pair."""
 from __future__ import annotations
 
 import json

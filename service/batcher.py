@@ -184,22 +184,20 @@ class Batcher:
         self._idle_rule.arrived(now)
         self._set_depth(self._depth + 1)
         self._wakeup.set()
+        # One timer per request fails it at its deadline (_deadline_passed), and the caller awaits
+        # the request's own future: asyncio.wait_for over a shield built three futures, a timer and
+        # five callbacks per request (bench/request_path.py).
+        timer = None if item.deadline is None else \
+            loop.call_at(item.deadline, self._deadline_passed, item)
         try:
-            if timeout_s is None:
-                return await asyncio.shield(item.future)
-            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, timeout_s))
-        except asyncio.TimeoutError:
-            waited = time.monotonic() - item.enqueued
-            if self._leave(item, "deadline"):  # True also when _expire dropped it first
-                raise DeadlineExceeded(
-                    f"the deadline passed after {waited:.3f} s in the queue; the request was not "
-                    "computed (allow a longer deadline or send less load)") from None
-            raise DeadlineExceeded(f"the deadline passed after {waited:.3f} s while computing") \
-                from None
+            return await item.future
         except asyncio.CancelledError:  # the call was cancelled, or gRPC ended it at its deadline
             late = item.deadline is not None and time.monotonic() >= item.deadline
             self._leave(item, "deadline" if late else "cancelled")
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def drain(self):
         """Flush queued requests at once from now on (shutdown: do not wait for batches to fill)."""
@@ -223,6 +221,19 @@ class Batcher:
         self._depth = depth
         if self._metrics is not None:
             self._metrics.queue_depth.set(depth)
+
+    def _deadline_passed(self, item: _Item):
+        """The caller's deadline came: its request fails with :class:`DeadlineExceeded`, and leaves
+        the queue uncomputed if it is still there (a batch computing it ignores it)."""
+        if item.future.done():  # answered, or already dropped by _expire
+            return
+        waited = time.monotonic() - item.enqueued
+        if self._leave(item, "deadline"):
+            message = (f"the deadline passed after {waited:.3f} s in the queue; the request was not "
+                       "computed (allow a longer deadline or send less load)")
+        else:
+            message = f"the deadline passed after {waited:.3f} s while computing"
+        item.future.set_exception(DeadlineExceeded(message))
 
     def _leave(self, item: _Item, reason: str) -> bool:
         """The caller stopped waiting. True when the request was still queued (and now is not)."""

@@ -70,18 +70,25 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self._observe = observe
         self._inflight = inflight
         self._prefix = prefix
+        # gRPC asks for the handler on every call; the wrapped one is built once per method (and
+        # per handler object found for it), not per call (bench/request_path.py).
+        self._wrapped = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         name = handler_call_details.method
         if handler is None or handler.unary_unary is None or not name.startswith(self._prefix):
             return handler
-        method = name[len(self._prefix):]
-        return grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, handler.unary_unary, handler.request_deserializer),
+        cached = self._wrapped.get(name)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._wrap(name[len(self._prefix):], handler.unary_unary, handler.request_deserializer),
             request_deserializer=None,  # raw bytes: decoded in `wrapped`, a failure is the caller's
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[name] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, method, behavior, deserialize=None):
         message = _message_name(deserialize)

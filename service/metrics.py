@@ -82,6 +82,7 @@ class ServiceMetrics:
                           registry=r)
         self.queue_capacity = Gauge("l1pca_queue_capacity",
                                     "Most requests the batching queue holds (--max-queue).", registry=r)
+        self._call_series = {}
         # Export zeros from the start, so that rate() and increase() see the first call of each kind
         # after a pod starts (a series born at its first increment loses that increment).
         for method in RPC_METHODS:
@@ -95,8 +96,14 @@ class ServiceMetrics:
 
     def observe_call(self, method, code, seconds):
         """A finished call (:class:`l1pca.service.errors.StatusInterceptor` calls this)."""
-        self.requests.labels(method, code.name).inc()
-        self.request_duration.labels(method).observe(seconds)
+        # The labelled series of each (method, code), looked up once: ``labels()`` validates and
+        # locks on every call, a cost paid per request (bench/request_path.py).
+        series = self._call_series.get((method, code))
+        if series is None:
+            series = self._call_series[(method, code)] = (self.requests.labels(method, code.name),
+                                                          self.request_duration.labels(method))
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 def start_http(metrics: ServiceMetrics, host: str, port: int):

@@ -115,3 +115,47 @@ def test_a_standby_batch_goes_ahead_only_when_full():
     assert sum(sizes) == 12 and sizes[:2] == [4, 4]
     assert out == list(range(4)) + [10, 11, 12] + list(range(20, 25))
     assert b.stats.flushes["full"] >= 2
+
+
+def test_deadlines_and_cancellations_fail_only_their_own_requests():
+    """A deadline that passes in the queue: DeadlineExceeded, the request leaves uncomputed. One that
+    passes while its batch computes: DeadlineExceeded, the batch's other answers still come. A
+    cancelled caller leaves the queue. No stray timers or unretrieved exceptions are left behind."""
+    from l1pca.service.errors import DeadlineExceeded
+
+    async def main():
+        gate = asyncio.Event()
+        computed = []
+
+        async def run_batch(key, payloads):
+            computed.extend(payloads)
+            await gate.wait()
+            return list(payloads)
+
+        b = Batcher(run_batch, max_batch_size=2, max_delay_s=0.0, max_queue=100,
+                    max_concurrent_batches=1)
+        b.start()
+        running = [asyncio.ensure_future(b.submit("k", i, timeout_s=t))
+                   for i, t in ((0, 0.05), (1, 30.0))]  # one batch: computing until the gate opens
+        await asyncio.sleep(0.01)
+        queued_late = asyncio.ensure_future(b.submit("k", 2, timeout_s=0.05))  # behind the batch
+        queued_cancel = asyncio.ensure_future(b.submit("k", 3))
+        queued_ok = asyncio.ensure_future(b.submit("k", 4, timeout_s=30.0))
+        await asyncio.sleep(0.02)
+        queued_cancel.cancel()
+        done = await asyncio.gather(running[0], queued_late, queued_cancel, return_exceptions=True)
+        depth_after = b.depth
+        gate.set()
+        answers = await asyncio.gather(running[1], queued_ok)
+        await b.close(5)
+        return done, depth_after, answers, computed, b
+
+    done, depth_after, answers, computed, b = asyncio.run(main())
+    assert isinstance(done[0], DeadlineExceeded) and "while computing" in str(done[0])
+    assert isinstance(done[1], DeadlineExceeded) and "in the queue" in str(done[1])
+    assert "not computed" in str(done[1])
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert depth_after == 1  # only the request with a long deadline still waits
+    assert answers == [1, 4]  # the batch-mate of the late request, and the one queued behind
+    assert computed == [0, 1, 4]  # 2 (deadline) and 3 (cancelled) never reached the solver
+    assert b.stats.dropped == {"deadline": 1, "cancelled": 1}
