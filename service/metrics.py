@@ -12,7 +12,7 @@ name                                  type       labels                    meani
 ``l1pca_solve_duration_seconds``      histogram  backend, method           one batched solver call
 ``l1pca_batch_size``                  histogram                            requests per solver call
 ``l1pca_batch_flushes_total``         counter    reason                    why batches went: full,
-                                                                           delay, idle, drain
+                                                                           ahead, delay, idle, drain
 ``l1pca_queue_depth``                 gauge                                requests waiting to batch
 ``l1pca_queue_capacity``              gauge                                --max-queue
 ``l1pca_inflight_requests``           gauge                                calls being handled
@@ -62,8 +62,9 @@ class ServiceMetrics:
             registry=r)
         self.batch_flushes = Counter(
             "l1pca_batch_flushes", "Batches sent to the solver, by why they went: full (max batch "
-            "size), delay (the oldest waited max delay), idle (no batch was computing), drain "
-            "(shutdown).", ("reason",), registry=r)
+            "size), ahead (as large as a batch of its kind computing, sent to wait at the solver), "
+            "delay (the oldest waited max delay), idle (no batch was computing), drain (shutdown).",
+            ("reason",), registry=r)
         self.queue_depth = Gauge("l1pca_queue_depth", "Requests waiting in the batching queue.",
                                  registry=r)
         self.inflight = Gauge("l1pca_inflight_requests", "Calls being handled now.", registry=r)
@@ -91,7 +92,7 @@ class ServiceMetrics:
                 self.requests.labels(method, code)
         for reason in ("deadline", "cancelled"):
             self.queue_dropped.labels(reason)
-        for reason in ("full", "delay", "idle", "drain"):
+        for reason in ("full", "ahead", "delay", "idle", "drain"):
             self.batch_flushes.labels(reason)
 
     def observe_call(self, method, code, seconds):

@@ -112,7 +112,8 @@ class L1PCAServer:
                                max_delay_s=cfg.max_delay_ms / 1000.0, max_queue=cfg.max_queue,
                                max_concurrent_batches=cfg.workers,
                                standby_batches=self.runner.standby_batches,
-                               flush_when_idle=cfg.flush_when_idle, metrics=self.metrics)
+                               flush_when_idle=cfg.flush_when_idle,
+                               split_batches=cfg.split_batches, metrics=self.metrics)
         self._light = ThreadPoolExecutor(2, thread_name_prefix="l1pca-io")
         info = pb.ServerInfo(version=_version(), backend=self.runner.backend, device=self.runner.device,
                              max_rows=cfg.max_rows, max_cols=cfg.max_cols,

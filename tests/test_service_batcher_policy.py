@@ -159,3 +159,73 @@ def test_deadlines_and_cancellations_fail_only_their_own_requests():
     assert answers == [1, 4]  # the batch-mate of the late request, and the one queued behind
     assert computed == [0, 1, 4]  # 2 (deadline) and 3 (cancelled) never reached the solver
     assert b.stats.dropped == {"deadline": 1, "cancelled": 1}
+
+
+def test_split_batches_in_step_clients_form_two_batches_that_take_turns_at_the_solver():
+    """--split-batches: four clients in step. The first four go to the idle solver as two halves,
+    the second handed ahead; from then on each pair's next requests form a batch as large as the
+    one computing and go ahead ("ahead") to wait at the solver, so it never waits for a round trip.
+    """
+    async def main():
+        solver = asyncio.Lock()  # one solver: a batch handed ahead waits here, as in a child's pipe
+        log = []  # (size, handed over at, started at)
+
+        async def run_batch(key, payloads):
+            handed = time.monotonic()
+            async with solver:
+                log.append((len(payloads), handed, time.monotonic()))
+                await asyncio.sleep(0.01 + 0.005 * len(payloads))
+            return list(payloads)
+
+        b = Batcher(run_batch, max_batch_size=16, max_delay_s=0.05, max_queue=100,
+                    max_concurrent_batches=1, standby_batches=1, flush_when_idle=True,
+                    split_batches=True)
+        b.start()
+        await _clients(b, 4, 10, [])
+        await b.close(5)
+        return log, b
+
+    log, b = asyncio.run(main())
+    sizes = [size for size, _, _ in log]
+    assert sum(sizes) == 40
+    assert sizes[:2] == [2, 2]  # the first four, split: two now, two ahead
+    assert sizes.count(2) >= 0.8 * len(sizes)  # pairs from then on
+    assert b.stats.flushes["ahead"] >= len(sizes) // 2
+    waited = [started - handed for _, handed, started in log[1:]]
+    assert sum(w > 0.005 for w in waited) >= 0.8 * len(waited)  # handed over while another ran
+
+
+def test_split_batches_send_ahead_only_behind_a_batch_of_the_same_key():
+    """A partial batch does not go ahead behind another key's batch (it keeps queueing for company);
+    when the slot frees it goes to the idle solver as two halves. Without --split-batches it goes
+    whole."""
+    async def main(split):
+        gate = asyncio.Event()
+        started = []
+
+        async def run_batch(key, payloads):
+            started.append((key, len(payloads)))
+            await gate.wait()
+            return list(payloads)
+
+        b = Batcher(run_batch, max_batch_size=8, max_delay_s=0.01, max_queue=100,
+                    max_concurrent_batches=1, standby_batches=1, split_batches=split)
+        b.start()
+        big = asyncio.ensure_future(b.submit("big", 0))  # alone: one request is not split
+        await asyncio.sleep(0.03)
+        small = [asyncio.ensure_future(b.submit("small", i)) for i in range(3)]
+        await asyncio.sleep(0.05)  # five times the delay, behind the busy slot
+        during = list(started)
+        gate.set()
+        out = await asyncio.gather(big, *small)
+        await b.close(5)
+        return during, started, out
+
+    during, started, out = asyncio.run(main(True))
+    assert during == [("big", 1)]
+    assert started == [("big", 1), ("small", 1), ("small", 2)]
+    assert out == [0, 0, 1, 2]
+    during, started, out = asyncio.run(main(False))
+    assert during == [("big", 1)]
+    assert started == [("big", 1), ("small", 3)]
+    assert out == [0, 0, 1, 2]

@@ -122,14 +122,17 @@ def test_a_device_failure_reruns_the_batch_on_the_cpu(caplog):
     assert any("re-running it on the CPU" in r.getMessage() for r in caplog.records)
 
 
-def test_an_idle_solver_takes_a_partial_batch_at_once_and_a_busy_one_lets_it_fill():
+@pytest.mark.parametrize("split", [False, True])
+def test_an_idle_solver_takes_a_partial_batch_at_once_and_a_busy_one_lets_it_fill(split):
     """--flush-when-idle (the default): a lone request is not held for --max-delay-ms while nothing
-    computes; requests that arrive while a batch computes queue and go together when it ends."""
+    computes; requests that arrive while a batch (of another shape) computes queue and go together
+    when it ends; with --split-batches on, as two halves, the second ahead to wait in the solver
+    process's pipe while the first computes."""
     rng = np.random.default_rng(5)
     big = rng.standard_normal((30000, 30))  # a solve of about half a second, another shape bucket
     big[:600] *= 20.0
     small = [(_data(i), 1, i) for i in range(10)]
-    with ServerThread(max_batch_size=16, max_delay_ms=5000) as srv:
+    with ServerThread(max_batch_size=16, max_delay_ms=5000, split_batches=split) as srv:
         with Client(srv.target, timeout_s=30) as client:
             t0 = time.perf_counter()
             client.fit(_data(99), 1, seed=0)
@@ -147,9 +150,11 @@ def test_an_idle_solver_takes_a_partial_batch_at_once_and_a_busy_one_lets_it_fil
         _, models = asyncio.run(load())
         assert time.perf_counter() - t0 < 4.5  # nothing waited for the delay
         m = srv.metrics()
-    assert value(m, "l1pca_batch_size_count") == 3  # the lone one, the big one, the ten together
+    # The lone one, the big one, the ten together (or in two halves).
+    assert value(m, "l1pca_batch_size_count") == (4 if split else 3)
     assert value(m, "l1pca_batch_size_sum") == 12
     assert value(m, "l1pca_batch_flushes_total", reason="idle") == 3
+    assert value(m, "l1pca_batch_flushes_total", reason="ahead") == (1 if split else 0)
     assert value(m, "l1pca_batch_flushes_total", reason="delay") == 0
     for (X, K, seed), model in zip(small, models):
         est = L1PCA(K, random_state=seed, backend="numpy").fit(X)
