@@ -146,8 +146,7 @@ class Batcher:
         self.flush_when_idle = bool(flush_when_idle)
         self.split_batches = bool(split_batches) and standby_batches > 0
         self._metrics = metrics
-        self._computing = 0  # batches handed to run_batch and not finished
-        self._handed: list[tuple[Hashable, int]] = []  # their keys and sizes
+        self._handed: list[tuple[Hashable, int]] = []  # (key, size) of batches not yet finished
         self._idle_rule = _IdleRule(self.max_delay_s)
         self._pending: dict[Hashable, collections.deque[_Item]] = {}
         self._depth = 0
@@ -225,6 +224,11 @@ class Batcher:
             await asyncio.wait(set(self._running), timeout=timeout_s)
 
     # -- internals ------------------------------------------------------------------------------
+    @property
+    def _computing(self) -> int:
+        """Batches handed to ``run_batch`` and not finished."""
+        return len(self._handed)
+
     def _set_depth(self, depth):
         self._depth = depth
         if self._metrics is not None:
@@ -242,6 +246,7 @@ class Batcher:
         else:
             message = f"the deadline passed after {waited:.3f} s while computing"
         item.future.set_exception(DeadlineExceeded(message))
+        item.future.exception()  # mark retrieved: the caller may already be gone
 
     def _leave(self, item: _Item, reason: str) -> bool:
         """The caller stopped waiting. True when the request was still queued (and now is not)."""
@@ -265,7 +270,6 @@ class Batcher:
             batch = await self._next_batch()
             if batch is None:
                 return
-            self._computing += 1
             self._handed.append((batch[0], len(batch[1])))
             task = asyncio.get_running_loop().create_task(self._run(*batch))
             self._running.add(task)
@@ -295,10 +299,11 @@ class Batcher:
             if self._closing and not self._pending:
                 return None
             timeout = None
-            if slot_free:  # else only a batch's end (or, for a standby batch, a new request) wakes it
+            # Else only a batch's end (or, for a standby batch, a new request) wakes it; a deadline
+            # wakes it through the request's own timer (_deadline_passed).
+            if slot_free:
                 heads = [q[0].enqueued for q in self._pending.values()]
-                deadlines = [it.deadline for q in self._pending.values() for it in q if it.deadline]
-                wake = [t + self.max_delay_s for t in heads] + deadlines
+                wake = [t + self.max_delay_s for t in heads]
                 timeout = max(0.0, min(wake) - now) if wake else None
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
@@ -306,16 +311,11 @@ class Batcher:
                 pass
 
     def _expire(self, now):
-        """Requests whose deadline passed while queued leave uncomputed (their callers see it too)."""
+        """Requests whose deadline passed while queued leave uncomputed before a batch is taken
+        (their timers may not have run yet in this turn of the loop)."""
         for item in [it for q in self._pending.values() for it in q
                      if it.deadline is not None and it.deadline <= now]:
-            waited = now - item.enqueued
-            self._leave(item, "deadline")
-            if not item.future.done():
-                item.future.set_exception(DeadlineExceeded(
-                    f"the deadline passed after {waited:.3f} s in the queue; the request was not "
-                    "computed (allow a longer deadline or send less load)"))
-                item.future.exception()  # mark retrieved: the caller may already be gone
+            self._deadline_passed(item)
 
     def _ready_key(self, now):
         """``(key, reason)`` of the batch to flush now (the oldest head first), or ``(None, None)``."""
@@ -398,6 +398,5 @@ class Batcher:
         finally:
             if reason == "idle":
                 self._idle_rule.idle_batch_done()
-            self._computing -= 1
             self._handed.remove((key, len(items)))
             self._wakeup.set()
