@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/sharded.py
 	$(PY) bench/solver_threads.py
 	$(PY) bench/compaction.py
+	$(PY) bench/lane_products.py
 
 # The gRPC service on 127.0.0.1:50051, metrics on 127.0.0.1:9464 (flags: SERVE_ARGS='--port 6000').
 serve: $(STAMP)

@@ -15,54 +15,18 @@ plus noise plus outliers, median-centred as the service centres them: shorter se
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from _bucket_cpu import DATA, bucket_cpu_ms
 from _report import machine, machine_sentence, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 FACTORS = (8, 4, 2)
 BATCHES = (1, 16, 64)
-DATA = ("gaussian", "service")
-
-_WORKER = r"""
-import json, sys, time
-sys.path.insert(0, sys.argv[1])
-factor, data, b, calls = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-from l1pca.kernels.backends import init_jax_cpu
-init_jax_cpu(1)  # as the service runs it (--solver-threads 1)
-import numpy as np
-from l1pca.kernels import bitflip_jax
-bitflip_jax.COMPACT_FACTOR = int(factor)
-rng = np.random.default_rng(0)
-if data == "service":
-    from service_load import make_pool
-    pool = np.stack(make_pool(64, 16, 2, size=256))
-    pool = pool - np.median(pool, axis=1, keepdims=True)
-def draw():
-    X = pool[rng.integers(0, len(pool), b)] if data == "service" else rng.standard_normal((b, 64, 16))
-    return X, rng.standard_normal((b, 7, 16, 2))
-bitflip_jax.solve_bucket(*draw(), max_flips=3000, tol=1e-9)  # compile
-cpu = []
-for _ in range(calls):
-    X, G = draw()
-    c0 = time.process_time()
-    bitflip_jax.solve_bucket(X, G, max_flips=3000, tol=1e-9)
-    cpu.append(time.process_time() - c0)
-print(json.dumps({"cpu_ms": 1e3 * float(np.median(cpu)), "calls": calls}))
-"""
-
-
-def run_one(factor, data, batch, calls):
-    out = subprocess.run([sys.executable, "-c", _WORKER, str(ROOT / "bench"), str(factor), data,
-                          str(batch), str(calls)],
-                         capture_output=True, text=True, timeout=600, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
@@ -79,7 +43,8 @@ def main(argv=None):
             got = {f: [] for f in FACTORS}
             for r in range(args.rounds):
                 for f in FACTORS[r % len(FACTORS):] + FACTORS[:r % len(FACTORS)]:
-                    got[f].append(run_one(f, data, batch, calls)["cpu_ms"])
+                    got[f].append(bucket_cpu_ms(f"bitflip_jax.COMPACT_FACTOR = {f}", data, batch,
+                                                calls))
             med = {f: float(np.median(v)) for f, v in got.items()}
             rows.append({"data": data, "batch": batch, "runs": got, "median_cpu_ms": med})
             print(f"{data} b={batch}: " + ", ".join(f"factor {f} {med[f]:.2f} ms" for f in FACTORS),

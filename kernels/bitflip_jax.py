@@ -102,6 +102,24 @@ def _select_bounded(B, P, C, g, flipped, cur, tol, needed):
     return j, best
 
 
+def _by_columns(M, X):
+    """``M @ X`` for a narrow X (N x K), written as one matrix-vector product per column for K <= 2.
+    Under ``vmap`` on the CPU, XLA runs a batch of (d x N) @ (N x 2) products as a batched matrix
+    product at about a quarter of the speed of the same arithmetic as batched matrix-vector
+    products; they were two thirds of a flip step's time (``bench/results/lane_products.md``).
+    Wider X keeps one product: on a GPU, K products would read M K times."""
+    if X.shape[1] > 2:
+        return M @ X
+    return jnp.stack([M @ X[:, k] for k in range(X.shape[1])], axis=-1)
+
+
+def _update(Y, state: FlipState, delta) -> FlipState:
+    """Add ``delta`` (N x K, zero or -2 B per bit) to the signs, with ``A``, ``P`` and ``C`` from the
+    new ``A`` (``P`` is never accumulated, so a search's state stays exact)."""
+    A = state.A + _by_columns(Y, delta)
+    return state._replace(B=state.B + delta, A=A, P=_by_columns(Y.T, A), C=A.T @ A)
+
+
 def _flip_step(Y, g, max_flips, tol, warm_start: bool, state: FlipState) -> FlipState:
     N, K = state.B.shape
     cur = gram_nuclear(state.C, jnp)
@@ -128,18 +146,12 @@ def _flip_step(Y, g, max_flips, tol, warm_start: bool, state: FlipState) -> Flip
     onehot = (jnp.arange(N * K) == j).reshape(N, K)
     delta = jnp.where(jnp.where(sweep, bad, onehot), -2.0 * state.B, 0.0)
     delta = jnp.where(do_step, delta, 0.0)
-    # One update for both kinds of step: A and P stay exact (P from A, never accumulated).
-    A = state.A + Y @ delta
     flipped = jnp.where(do_flip, state.flipped.at[n, k].set(True), state.flipped)
     new_round = jnp.logical_and(~wants, any_flipped)
     # A local optimum ends this loop; with pair moves, search's outer loop decides whether to go on.
     at_optimum = jnp.logical_and(~wants, ~any_flipped)
     stop = jnp.logical_or(capped, at_optimum)
-    return FlipState(
-        B=state.B + delta,
-        A=A,
-        P=Y.T @ A,
-        C=A.T @ A,
+    return _update(Y, state, delta)._replace(  # one update for flips and sweeps alike
         flipped=jnp.where(new_round, False, flipped),
         n_flips=state.n_flips + do_step.astype(jnp.int32),
         steps=state.steps + 1,
@@ -158,9 +170,7 @@ def _pair_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
     do_pair = jnp.logical_and(improve, ~capped)
     bits = jnp.arange(N * K).reshape(N, K)
     delta = jnp.where(jnp.logical_and(do_pair, (bits == bit_a) | (bits == bit_b)), -2.0 * state.B, 0.0)
-    A = state.A + Y @ delta
-    return state._replace(
-        B=state.B + delta, A=A, P=Y.T @ A, C=A.T @ A,
+    return _update(Y, state, delta)._replace(
         n_flips=state.n_flips + do_pair.astype(jnp.int32), steps=state.steps + 1,
         done=~do_pair, converged=jnp.logical_and(state.converged, ~improve),
     )
