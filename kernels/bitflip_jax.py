@@ -105,8 +105,8 @@ def _select_bounded(B, P, C, g, flipped, cur, tol, needed):
 def _by_columns(M, X):
     """``M @ X`` for a narrow X (N x K), written as one matrix-vector product per column for K <= 2.
     Under ``vmap`` on the CPU, XLA runs a batch of (d x N) @ (N x 2) products as a batched matrix
-    product at about a quarter of the speed of the same arithmetic as batched matrix-vector
-    products; they were two thirds of a flip step's time (``bench/results/lane_products.md``).
+    product at about a third of the speed of the same arithmetic as batched matrix-vector products,
+    and a whole flip step took nearly twice as long (``bench/results/lane_products.md``).
     Wider X keeps one product: on a GPU, K products would read M K times."""
     if X.shape[1] > 2:
         return M @ X
