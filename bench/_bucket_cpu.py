@@ -1,5 +1,6 @@
 """CPU per batched ``solve_bucket`` call, measured in a fresh interpreter with a variant of the JAX
-search set up first: the worker that ``bench/compaction.py`` and ``bench/lane_products.py`` share.
+search set up first: the worker and the side-by-side loop that ``bench/compaction.py`` and
+``bench/lane_products.py`` share.
 
 Choices the JAX search reads when it is traced (``COMPACT_FACTOR``, the product form) can only be
 compared in separate interpreters; each measurement runs ``setup`` (Python, with ``bitflip_jax`` in
@@ -14,9 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCH = Path(__file__).resolve().parent
 
 DATA = ("gaussian", "service")
+
+BATCHES = (1, 16, 64)
 
 _WORKER = r"""
 import json, sys, time
@@ -54,3 +59,25 @@ def bucket_cpu_ms(setup: str, data: str, batch: int, calls: int) -> float:
     out = subprocess.run([sys.executable, "-c", _WORKER, str(BENCH), setup, data, str(batch),
                           str(calls)], capture_output=True, text=True, timeout=600, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["cpu_ms"]
+
+
+def compare_variants(variants: dict, rounds: int, calls: int, label=str) -> list[dict]:
+    """Each variant (key -> ``setup``) on each kind of data and batch size of :data:`BATCHES`, the
+    variants taking turns (the order rotates each round) for ``rounds`` rounds, so that their
+    ratios are side by side on a noisy machine. ``calls`` per measurement, a third of that for
+    batches of 64. Returns one row per data and batch: ``runs`` (key -> CPU ms per round) and
+    ``median_cpu_ms`` (key -> median of the rounds); prints each as it ends."""
+    keys = list(variants)
+    rows = []
+    for data in DATA:
+        for batch in BATCHES:
+            n = calls if batch < 64 else max(2, calls // 3)
+            got = {k: [] for k in keys}
+            for r in range(rounds):
+                for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                    got[k].append(bucket_cpu_ms(variants[k], data, batch, n))
+            med = {k: float(np.median(v)) for k, v in got.items()}
+            rows.append({"data": data, "batch": batch, "runs": got, "median_cpu_ms": med})
+            print(f"{data} b={batch}: " + ", ".join(f"{label(k)} {med[k]:.2f} ms" for k in keys),
+                  flush=True)
+    return rows

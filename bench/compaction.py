@@ -18,15 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from _bucket_cpu import DATA, bucket_cpu_ms
+from _bucket_cpu import compare_variants
 from _report import machine, machine_sentence, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 FACTORS = (8, 4, 2)
-BATCHES = (1, 16, 64)
 
 
 def main(argv=None):
@@ -36,19 +33,8 @@ def main(argv=None):
                                                           "that for batches of 64)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "compaction"))
     args = p.parse_args(argv)
-    rows = []
-    for data in DATA:
-        for batch in BATCHES:
-            calls = args.calls if batch < 64 else max(2, args.calls // 3)
-            got = {f: [] for f in FACTORS}
-            for r in range(args.rounds):
-                for f in FACTORS[r % len(FACTORS):] + FACTORS[:r % len(FACTORS)]:
-                    got[f].append(bucket_cpu_ms(f"bitflip_jax.COMPACT_FACTOR = {f}", data, batch,
-                                                calls))
-            med = {f: float(np.median(v)) for f, v in got.items()}
-            rows.append({"data": data, "batch": batch, "runs": got, "median_cpu_ms": med})
-            print(f"{data} b={batch}: " + ", ".join(f"factor {f} {med[f]:.2f} ms" for f in FACTORS),
-                  flush=True)
+    rows = compare_variants({f: f"bitflip_jax.COMPACT_FACTOR = {f}" for f in FACTORS}, args.rounds,
+                            args.calls, label=lambda f: f"factor {f}")
     info = machine()
     result = {"machine": info, "rounds": args.rounds, "calls": args.calls, "rows": rows}
     base = FACTORS[0]

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _bucket_cpu import DATA, bucket_cpu_ms
+from _bucket_cpu import compare_variants
 from _report import machine, machine_sentence, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BATCHES = (1, 16, 64)
 FORMS = {"columns": "", "matmul": "bitflip_jax._by_columns = lambda M, X: M @ X"}
 
 
@@ -119,19 +118,7 @@ def main(argv=None):
                 print(f"{what}, {lanes} lanes, K={K}: "
                       + ", ".join(f"{f} {v:.3f} us" for f, v in us.items()), flush=True)
 
-    rows = []
-    for data in DATA:
-        for batch in BATCHES:
-            calls = args.calls if batch < 64 else max(2, args.calls // 3)
-            got = {f: [] for f in FORMS}
-            for r in range(args.rounds):
-                order = list(FORMS) if r % 2 == 0 else list(FORMS)[::-1]
-                for form in order:
-                    got[form].append(bucket_cpu_ms(FORMS[form], data, batch, calls))
-            med = {f: float(np.median(v)) for f, v in got.items()}
-            rows.append({"data": data, "batch": batch, "runs": got, "median_cpu_ms": med})
-            print(f"{data} b={batch}: " + ", ".join(f"{f} {m:.2f} ms" for f, m in med.items()),
-                  flush=True)
+    rows = compare_variants(FORMS, args.rounds, args.calls)
 
     info = machine()
     result = {"machine": info, "rounds": args.rounds, "calls": args.calls, "micro": micro,
