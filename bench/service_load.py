@@ -170,7 +170,7 @@ def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):
     names = list(servers)
     per_run = max(-(-n_requests // rounds), 2 * concurrency)  # at least 2 requests per slot per run
     acc = {n: {"lat": [], "wall": 0.0, "errors": {}, "server_cpu": 0.0, "client_cpu": 0.0,
-               "load": 0.0} for n in names}
+               "load": 0.0, "round_rps": []} for n in names}
     for name in names:  # warm the client and the batch ladder at this concurrency
         asyncio.run(run_level(servers[name][1], pool, K, concurrency, max(2 * concurrency, 50),
                               timeout_s))
@@ -187,6 +187,7 @@ def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):
             a["load"] = max(a["load"], load0, os.getloadavg()[0])
             a["lat"] += run["latencies"]
             a["wall"] += run["wall_s"]
+            a["round_rps"].append(len(run["latencies"]) / run["wall_s"])
             for code, count in run["errors"].items():
                 a["errors"][code] = a["errors"].get(code, 0) + count
     out = {}
@@ -195,7 +196,10 @@ def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):
         level = {"concurrency": concurrency, "requests": total, "rounds": rounds, "ok": len(a["lat"]),
                  "errors": a["errors"], "wall_s": a["wall"], "throughput_rps": len(a["lat"]) / a["wall"],
                  "p50_ms": 1e3 * _percentile(a["lat"], 50), "p90_ms": 1e3 * _percentile(a["lat"], 90),
-                 "p99_ms": 1e3 * _percentile(a["lat"], 99)}
+                 "p99_ms": 1e3 * _percentile(a["lat"], 99),
+                 # Throughput of each round, in round order: servers' runs of one round are minutes
+                 # apart at most, so their ratios round by round show how far the machine drifts.
+                 "round_rps": a["round_rps"]}
         # This server idled while the others ran, so its counters moved for its own runs only.
         level.update(server_breakdown(before[name], scrape(servers[name][2]), total))
         level["server_cpu_ms_per_req"] = 1e3 * a["server_cpu"] / total
@@ -359,12 +363,23 @@ def render_markdown(results):
             b = {r["concurrency"]: r for r in results["configs"]["batched"]["levels"]}
             u = {r["concurrency"]: r for r in results["configs"][base]["levels"]}
             common = sorted(set(b) & set(u))
-            ratios = ", ".join(f"c={c}: {b[c]['throughput_rps'] / u[c]['throughput_rps']:.2f}x"
-                               for c in common)
+            ratios = ", ".join(f"c={c}: {_ratio_text(b[c], u[c])}" for c in common)
             lines.append(f"Throughput, batched / {base}: {ratios}.")
         lines.append("")
     lines += _notes(results)
     return "\n".join(lines)
+
+
+def _ratio_text(a, b):
+    """Throughput of level ``a`` over level ``b``, over all rounds, with the median, lowest and
+    highest ratio of one round's runs (the spread the machine's drift leaves) when there were
+    several rounds."""
+    text = f"{a['throughput_rps'] / b['throughput_rps']:.2f}x"
+    per_round = [x / y for x, y in zip(a.get("round_rps", []), b.get("round_rps", []))]
+    if len(per_round) > 1:
+        text += (f" (by round: median {_percentile(per_round, 50):.2f}x, "
+                 f"{min(per_round):.2f}-{max(per_round):.2f}x)")
+    return text
 
 
 def _notes(results):
@@ -382,7 +397,7 @@ def _notes(results):
         "## Notes",
         "",
         f"* Target: batching >= 3x the unbatched throughput at concurrency 64. Measured: "
-        f"{ratio:.2f}x ({'met' if ratio >= 3 else 'not met'}).",
+        f"{_ratio_text(b[64], u[64])} ({'met' if ratio >= 3 else 'not met'}).",
         *_cpu_note(b[64], u[64]),
         *_floor_note(cfgs, b[64], u[64]),
         *(["* `numpy-unbatched` is one NumPy solve per request (what a direct `solve(X)` runs on the "
