@@ -52,7 +52,11 @@ def check_matrix_peak(X, *, name="X"):
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one sample and one feature; got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    # A signalling NaN (bytes a client can send) raises the FPU's invalid flag when float32 widens
+    # to float64, which NumPy reports as a RuntimeWarning per call; the finiteness check below
+    # refuses it with a message instead.
+    with np.errstate(invalid="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=np.float64)
     hi, lo = float(arr.max()), float(arr.min())
     if not (math.isfinite(hi) and math.isfinite(lo)):
         bad = np.argwhere(~np.isfinite(arr))[0]

@@ -1,4 +1,6 @@
 """Bad input gets a clear error naming the argument; odd but valid input is handled."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -40,6 +42,20 @@ def test_n_components_out_of_range(K):
 def test_bad_options(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         solve(np.random.default_rng(0).standard_normal((6, 3)), **{"n_components": 1, **kwargs})
+
+
+@pytest.mark.parametrize("raw,dtype", [
+    (b"\x01\x00\x80\x7f", "<f4"),  # float32 signalling NaN
+    (b"\x01" + b"\x00" * 5 + b"\xf0\x7f", "<f8"),  # float64 signalling NaN
+])
+def test_signalling_nan_is_refused_without_a_warning(raw, dtype):
+    # Raw bytes from the wire may hold any bit pattern; widening a float32 signalling NaN raised
+    # NumPy's "invalid value encountered in cast" before the finiteness check named the entry.
+    X = np.frombuffer(raw * 6, dtype).reshape(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"X must be finite; found nan at row 0, column 0"):
+            solve(X, 1)
 
 
 def test_batch_names_the_bad_matrix():
