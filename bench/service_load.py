@@ -51,6 +51,7 @@ CONFIGS = {
     # as the one computing go ahead to the solver process's pipe.
     "batched-split": ["--max-batch-size", "16", "--max-delay-ms", "2", "--split-batches", "on"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
+    "batched-64-split": ["--max-batch-size", "64", "--max-delay-ms", "2", "--split-batches", "on"],
     # --solver-process auto (the default) fits in a solver process but for a lone request with
     # nothing else computing or queued (in the solver thread); "off" keeps every fit in the thread,
     # "on" sends every one to the process.
