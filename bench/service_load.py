@@ -50,6 +50,7 @@ CONFIGS = {
     # --split-batches on: partial batches for an idle solver go as two halves, and batches as large
     # as the one computing go ahead to the solver process's pipe.
     "batched-split": ["--max-batch-size", "16", "--max-delay-ms", "2", "--split-batches", "on"],
+    "batched-32": ["--max-batch-size", "32", "--max-delay-ms", "2"],
     "batched-64": ["--max-batch-size", "64", "--max-delay-ms", "2"],  # deploy/k8s's setting
     "batched-64-split": ["--max-batch-size", "64", "--max-delay-ms", "2", "--split-batches", "on"],
     # --solver-process auto (the default) fits in a solver process but for a lone request with
