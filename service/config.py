@@ -97,7 +97,8 @@ FLAGS = (
     ("--metrics-host", str, "127.0.0.1", "address of the Prometheus /metrics endpoint"),
     ("--metrics-port", _metrics_port, "9464", "Prometheus port (0 picks a free one, -1 disables)"),
     ("--max-batch-size", _positive_int, "16",
-     "most Fit requests in one solver call (1 disables batching; raise it on a GPU)"),
+     "most Fit requests in one solver call (1 disables batching; raise it on a GPU or for "
+     "hundreds of concurrent calls)"),
     ("--max-delay-ms", _non_negative_float, "2",
      "longest the oldest queued request waits for a batch to fill, in milliseconds"),
     ("--flush-when-idle", _on_off, "on",
