@@ -153,6 +153,12 @@ FLAGS = (
      "file of accepted bearer tokens, one per line, re-read on change and on SIGHUP; every call "
      "but health then needs `authorization: Bearer <token>` (empty: no token check)"),
     ("--reflection", _on_off, "on", "serve gRPC reflection (on or off)"),
+    ("--compile-cache-dir", str, "~/.cache/l1pca/jax",
+     "directory where JAX keeps the compiled solver programs, so that a restart's warm-up loads "
+     "them instead of compiling (66-70 s -> 17 s on a 2-core node); machine code for this CPU: one "
+     "directory per node or CPU model, never one shared across CPU models (empty: off)"),
+    ("--compile-cache-max-mb", _positive_int, "256",
+     "size bound of --compile-cache-dir; the least recently used programs are deleted beyond it"),
 )
 CHOICES = {"--backend": ("auto", "jax", "numpy", "cupy"),
            "--log-level": ("DEBUG", "INFO", "WARNING", "ERROR")}
@@ -197,6 +203,8 @@ class ServeConfig:
     tls_client_ca: str = ""
     auth_token_file: str = ""
     reflection: bool = True
+    compile_cache_dir: str = "~/.cache/l1pca/jax"
+    compile_cache_max_mb: int = 256
 
     def __post_init__(self):
         # argparse checks `choices` on the command line only; a default from the environment is

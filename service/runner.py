@@ -110,6 +110,26 @@ next request, which then ran in the thread, beside the event loop (0.75-0.86x th
 runs; at 4-16 clients the queue is sometimes empty at the hand-over."""
 
 
+def _use_compile_cache(cache):
+    """JAX's persistent compilation cache in this process (``cache``: ``(directory, max_bytes)``, or
+    None for none), logged; a directory that cannot be used leaves it off, with a warning, and the
+    server compiles as without it."""
+    if cache is None:
+        return None
+    directory, max_bytes = cache
+    try:
+        path = backends.use_compile_cache(directory, max_bytes=max_bytes)
+    except (OSError, ValueError, ImportError) as exc:
+        log.warning("JAX compile cache off: cannot use %s (%s: %s); warm-up compiles every program",
+                    directory, type(exc).__name__, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - JAX did not start: select_backend decides
+        log.warning("JAX compile cache off: JAX did not start (%s: %s)", type(exc).__name__, exc)
+        return None
+    log.info("JAX compile cache: %s (up to %d MiB)", path, max_bytes // 2**20)
+    return path
+
+
 def _size_jax_pool(threads):
     """:func:`l1pca.kernels.backends.init_jax_cpu` in this process, logged; a JAX that fails to
     start is left to the backend choice to report."""
@@ -198,13 +218,22 @@ class SolverRunner:
     solver_threads : int
         Threads of JAX's CPU backend in this process and in each solver process; 0 leaves XLA's
         default (one per CPU). Only where JAX may run (backend "auto" or "jax").
+    compile_cache : (str, int), optional
+        ``(directory, max_bytes)``: JAX keeps its compiled programs there, in this process and in
+        each solver process, so that a restart's warm-up loads them (None: compile every time).
+        A directory that cannot be used is logged and left off. ``compile_cache`` (attribute): the
+        directory in use, or None.
     """
 
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
-                 fault_inject=None, sharded_min_rows=0, solver_process="auto", solver_threads=1):
+                 fault_inject=None, sharded_min_rows=0, solver_process="auto", solver_threads=1,
+                 compile_cache=None):
         jax_threads = int(solver_threads) or None
         if backend in ("auto", "jax"):  # before select_backend starts JAX to look for a GPU
+            self.compile_cache = _use_compile_cache(compile_cache)
             _size_jax_pool(jax_threads)
+        else:
+            self.compile_cache = None
         self.backend, self.device, self.on_gpu = select_backend(backend)
         self._auto_cpu = backend == "auto" and not self.on_gpu
         self.sharded_min_rows = int(sharded_min_rows)
@@ -230,7 +259,9 @@ class SolverRunner:
             jax_here = self.backend == "jax"
             self._procs = SolverProcesses(
                 self.workers, preload=("l1pca.kernels.bitflip_jax",) if jax_here else (),
-                jax_threads=jax_threads if jax_here else None)
+                jax_threads=jax_threads if jax_here else None,
+                compile_cache=(self.compile_cache, compile_cache[1])
+                if jax_here and self.compile_cache else None)
         # With solver processes, a thread per call a child can hold: the batch after the running one
         # waits in the child's pipe, not in this pool's queue.
         self.standby_batches = self.workers * (self._procs.depth - 1) if self._procs is not None else 0

@@ -104,7 +104,9 @@ class L1PCAServer:
                                    metrics=self.metrics, fault_inject=self._fault_inject,
                                    sharded_min_rows=cfg.sharded_min_rows,
                                    solver_process=cfg.solver_process,
-                                   solver_threads=cfg.solver_threads)
+                                   solver_threads=cfg.solver_threads,
+                                   compile_cache=(cfg.compile_cache_dir, cfg.compile_cache_max_mb
+                                                  * 2**20) if cfg.compile_cache_dir else None)
         self.metrics.queue_capacity.set(cfg.max_queue)
         self.metrics.build.info({"version": _version(), "backend": self.runner.backend,
                                  "device": self.runner.device})

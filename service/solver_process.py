@@ -48,11 +48,17 @@ class SolverProcessDied(RuntimeError):
         self.started = started
 
 
-def _child_main(conn, preload=(), jax_threads=None):
+def _child_main(conn, preload=(), jax_threads=None, compile_cache=None):
     """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes. With
-    ``jax_threads``, JAX's CPU pool is sized first (:func:`l1pca.service.runner._size_jax_pool`)."""
+    ``compile_cache`` (``(directory, max_bytes)``) JAX keeps its programs there, as the server does
+    (:func:`l1pca.service.runner._use_compile_cache`); with ``jax_threads``, JAX's CPU pool is sized
+    first (:func:`l1pca.service.runner._size_jax_pool`)."""
     import importlib
 
+    if compile_cache is not None:
+        from .runner import _use_compile_cache
+
+        _use_compile_cache(compile_cache)
     if jax_threads is not None:
         from .runner import _size_jax_pool
 
@@ -92,9 +98,10 @@ class _Child:
     """One solver process and its pipe. Calls are answered in the order they were sent; up to
     :data:`PIPELINE_DEPTH` callers may wait on it, each for its own answer."""
 
-    def __init__(self, ctx, preload, jax_threads=None):
+    def __init__(self, ctx, preload, jax_threads=None, compile_cache=None):
         self.conn, child_end = ctx.Pipe()
-        self.process = ctx.Process(target=_child_main, args=(child_end, preload, jax_threads),
+        self.process = ctx.Process(target=_child_main,
+                                   args=(child_end, preload, jax_threads, compile_cache),
                                    daemon=True, name="l1pca-solver")
         self.process.start()
         child_end.close()
@@ -180,12 +187,16 @@ class SolverProcesses:
         room.
     jax_threads : int, optional
         Threads of JAX's CPU backend in each child (None: XLA's default, one per CPU).
+    compile_cache : (str, int), optional
+        ``(directory, max_bytes)`` of JAX's persistent compilation cache in each child (None: none).
     """
 
-    def __init__(self, count: int, preload=(), depth: int = PIPELINE_DEPTH, jax_threads=None):
+    def __init__(self, count: int, preload=(), depth: int = PIPELINE_DEPTH, jax_threads=None,
+                 compile_cache=None):
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._preload = tuple(preload)
         self._jax_threads = jax_threads
+        self._compile_cache = compile_cache
         self.depth = int(depth)
         self._cond = threading.Condition()
         self._closed = False
@@ -267,7 +278,7 @@ class SolverProcesses:
 
     # -- internals ------------------------------------------------------------------------------
     def _new_child(self) -> _Child:
-        return _Child(self._ctx, self._preload, self._jax_threads)
+        return _Child(self._ctx, self._preload, self._jax_threads, self._compile_cache)
 
     def _take(self) -> _Child:
         with self._cond:

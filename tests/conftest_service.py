@@ -29,7 +29,7 @@ from l1pca.service.server import L1PCAServer
 
 TEST_DEFAULTS = dict(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                      backend="numpy", warmup_shapes=(), warmup_components=(1,), max_delay_ms=2.0,
-                     grace_s=5.0)
+                     grace_s=5.0, compile_cache_dir="")  # no JAX cache in the home directory
 
 
 class ServerThread:
@@ -121,7 +121,8 @@ def start_subprocess_server(tmp_path, *args, env=None, timeout=60):
     health is SERVING."""
     port_file = Path(tmp_path) / f"ports-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "l1pca.client.cli", "serve", "--port", "0", "--metrics-port", "0",
-           "--backend", "numpy", "--warmup-shapes", "", "--port-file", str(port_file), *args]
+           "--backend", "numpy", "--warmup-shapes", "", "--compile-cache-dir", "",
+           "--port-file", str(port_file), *args]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if not wait_until(lambda: port_file.exists() or proc.poll() is not None, timeout):
