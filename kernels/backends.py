@@ -100,7 +100,7 @@ def init_jax_cpu(threads: int | None = 1) -> bool:
 
 def use_compile_cache(path, *, max_bytes: int = 256 * 2**20) -> str:
     """Keep JAX's compiled programs in the directory ``path``, so that a later process loads them
-    instead of compiling (the service's warm-up: 66-70 s cold, 17 s from the cache on the 2-core box).
+    instead of compiling (the service's warm-up: 66-70 s cold, 15-18 s from the cache on the 2-core box).
 
     Every program is kept, however fast its compile (JAX's default keeps only those over a second),
     and the least recently used are deleted once the directory holds more than ``max_bytes``. JAX

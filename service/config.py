@@ -155,7 +155,7 @@ FLAGS = (
     ("--reflection", _on_off, "on", "serve gRPC reflection (on or off)"),
     ("--compile-cache-dir", str, "~/.cache/l1pca/jax",
      "directory where JAX keeps the compiled solver programs, so that a restart's warm-up loads "
-     "them instead of compiling (66-70 s -> 17 s on a 2-core node); machine code for this CPU: one "
+     "them instead of compiling (66-70 s -> 15-18 s on a 2-core node); machine code for this CPU: one "
      "directory per node or CPU model, never one shared across CPU models (empty: off)"),
     ("--compile-cache-max-mb", _positive_int, "256",
      "size bound of --compile-cache-dir; the least recently used programs are deleted beyond it"),
