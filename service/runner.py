@@ -123,8 +123,9 @@ def _use_compile_cache(cache):
         log.warning("JAX compile cache off: cannot use %s (%s: %s); warm-up compiles every program",
                     directory, type(exc).__name__, exc)
         return None
-    except Exception as exc:  # noqa: BLE001 - JAX did not start: select_backend decides
-        log.warning("JAX compile cache off: JAX did not start (%s: %s)", type(exc).__name__, exc)
+    except Exception as exc:  # noqa: BLE001 - a JAX without these settings: serve without the cache
+        log.warning("JAX compile cache off: JAX refused its settings (%s: %s)",
+                    type(exc).__name__, exc)
         return None
     log.info("JAX compile cache: %s (up to %d MiB)", path, max_bytes // 2**20)
     return path
