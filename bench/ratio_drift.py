@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from _report import machine, machine_sentence, write_results
-from service_load import CONFIGS, make_pool, measure_level, start_server, stop_server
+from service_load import (CONFIGS, cpu_ms_per_req, make_pool, measure_level, round_ratios,
+                          start_server, stop_server)
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("batched", "unbatched", "canned")
@@ -55,15 +56,14 @@ def repetition(servers, pool, args):
     t1 = cpu_ticks()
     total = max(t1[3] - t0[3], 1)
     b, u, c = (levels[n] for n in SERVERS)
-    by_round = [x / y for x, y in zip(b["round_rps"], u["round_rps"])]
+    by_round = round_ratios(b, u)
     return {
         "started": started,
         "rps": {n: levels[n]["throughput_rps"] for n in SERVERS},
         "ratio": b["throughput_rps"] / u["throughput_rps"],
         "ratio_by_round_median": statistics.median(by_round),
         "ratio_by_round": by_round,
-        "cpu_ms_per_req": {n: levels[n]["server_cpu_ms_per_req"] + levels[n]["client_cpu_ms_per_req"]
-                           for n in SERVERS},
+        "cpu_ms_per_req": {n: cpu_ms_per_req(levels[n]) for n in SERVERS},
         "mean_batch": b["mean_batch"],
         "idle_pct": 100.0 * (t1[1] - t0[1]) / total,
         "steal_pct": 100.0 * (t1[2] - t0[2]) / total,

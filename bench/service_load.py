@@ -372,12 +372,23 @@ def render_markdown(results):
     return "\n".join(lines)
 
 
+def round_ratios(a, b):
+    """Throughput of level ``a`` over level ``b``, round by round (their runs of one round are
+    adjacent in time)."""
+    return [x / y for x, y in zip(a.get("round_rps", []), b.get("round_rps", []))]
+
+
+def cpu_ms_per_req(level):
+    """CPU per request of a level, server (with its solver processes) and load generator together."""
+    return level["server_cpu_ms_per_req"] + level["client_cpu_ms_per_req"]
+
+
 def _ratio_text(a, b):
     """Throughput of level ``a`` over level ``b``, over all rounds, with the median, lowest and
     highest ratio of one round's runs (the spread the machine's drift leaves) when there were
     several rounds."""
     text = f"{a['throughput_rps'] / b['throughput_rps']:.2f}x"
-    per_round = [x / y for x, y in zip(a.get("round_rps", []), b.get("round_rps", []))]
+    per_round = round_ratios(a, b)
     if len(per_round) > 1:
         text += (f" (by round: median {_percentile(per_round, 50):.2f}x, "
                  f"{min(per_round):.2f}-{max(per_round):.2f}x)")
@@ -446,10 +457,7 @@ def _floor_note(cfgs, b, u):
     f = {r["concurrency"]: r for r in cfgs.get("canned", {}).get("levels", [])}.get(64)
     if f is None:
         return []
-    def cpu(r):
-        return r["server_cpu_ms_per_req"] + r["client_cpu_ms_per_req"]
-
-    tf, tb, tu = cpu(f), cpu(b), cpu(u)
+    tf, tb, tu = cpu_ms_per_req(f), cpu_ms_per_req(b), cpu_ms_per_req(u)
     return [
         f"* Transport floor (`canned`: the same load generator against a gRPC server that answers "
         f"every `Fit` with one canned answer): {f['throughput_rps']:.0f} req/s at c=64, "
