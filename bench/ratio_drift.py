@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from _report import machine, machine_sentence, write_results
-from service_load import (CONFIGS, cpu_ms_per_req, make_pool, measure_level, round_ratios,
-                          start_server, stop_server)
+from service_load import (CONFIGS, add_level_arguments, cpu_ms_per_req, level_shape, make_pool,
+                          measure_level, round_ratios, start_server, stop_server)
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("batched", "unbatched", "canned")
 
 
@@ -121,22 +120,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=8, help="repetitions of the measurement")
     p.add_argument("--gap-s", type=float, default=60.0, help="idle seconds between repetitions")
-    p.add_argument("--requests", type=int, default=4800, help="Fit requests per server and repetition")
-    p.add_argument("--rounds", type=int, default=8, help="rounds per repetition (servers in turn)")
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--shape", default="64x16", help="ROWSxCOLS of each matrix")
-    p.add_argument("-k", "--n-components", type=int, default=2)
-    p.add_argument("--timeout-s", type=float, default=120.0)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "ratio_drift"),
-                   help="output path without suffix (.json and .md are written)")
+    add_level_arguments(p, requests=4800, rounds=8, out="ratio_drift")
     args = p.parse_args(argv)
-    for name, value in (("repeats", args.repeats), ("requests", args.requests),
-                        ("rounds", args.rounds), ("concurrency", args.concurrency)):
-        if value < 1:
-            p.error(f"--{name} must be >= 1")
+    rows, cols = level_shape(p, args)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     if args.gap_s < 0:
         p.error("--gap-s must be >= 0")
-    rows, cols = (int(v) for v in args.shape.lower().split("x"))
     pool = make_pool(rows, cols, args.n_components)
     servers = {}
     result = {"machine": machine(), "shape": [rows, cols], "n_components": args.n_components,

@@ -249,6 +249,32 @@ def start_server(flags, shape, K, log_path):
     return proc, target, ports["metrics_port"]
 
 
+def add_level_arguments(p, *, requests, rounds, out):
+    """The options of the scripts that measure one concurrency level of the three servers again and
+    again (``ratio_drift.py``, ``thread_cpu.py``), with these defaults."""
+    p.add_argument("--requests", type=int, default=requests, help="Fit requests per server and round")
+    p.add_argument("--rounds", type=int, default=rounds, help="rounds (the servers in turn)")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--shape", default="64x16", help="ROWSxCOLS of each matrix")
+    p.add_argument("-k", "--n-components", type=int, default=2)
+    p.add_argument("--timeout-s", type=float, default=120.0)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / out),
+                   help="output path without suffix (.json and .md are written)")
+
+
+def level_shape(p, args):
+    """Checks the options of :func:`add_level_arguments` (``p.error`` on a bad one); the matrix
+    shape ``(rows, cols)``."""
+    for name in ("requests", "rounds", "concurrency", "n_components"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        rows, cols = (int(v) for v in args.shape.lower().split("x"))
+    except ValueError:
+        p.error(f"--shape {args.shape!r}: give ROWSxCOLS, e.g. 64x16")
+    return rows, cols
+
+
 def stop_server(proc):
     proc.send_signal(signal.SIGTERM)
     try:
