@@ -19,6 +19,16 @@ imports with no CuPy and no GPU.
   fast or faster on every bucket measured (64 matrices 64 x 16, K = 3: 3.4 s against 3.3; 64 of
   16 x 4: 1.1 s against 1.5; 64 of 12 x 6, K = 4: 2.1 s against 5.0; 16 of 200 x 10: 0.53 s against
   11 s).
+
+Not kept: a compiled loop per search. Numba 0.68 ran the same rules on one search at a time, with
+the Gram matrix of each problem computed once (a prototype, 2026-12-02). Its signs and flip counts
+matched the batched JAX call on 32 problems of 64 x 16, K = 2, 8 starts. It searched in 0.41 ms per
+problem on the service benchmark's data and 0.82 ms on Gaussian data; JAX's call for 16 problems
+took 0.78 and 1.3 ms per problem. With NumPy's per-problem set-up (0.34 ms: eigenvector, starts)
+added, JAX's call for 16 problems took 1.0-1.2x its time: little gain for batches. A lone fit ran
+2.3-2.5x faster (0.94 against 2.16 ms): a lower latency for lone requests, but it would shrink what
+batching gains on the CPU, and add a dependency and a third implementation of the search to keep
+in step.
 """
 from __future__ import annotations
 
