@@ -120,7 +120,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=8, help="repetitions of the measurement")
     p.add_argument("--gap-s", type=float, default=60.0, help="idle seconds between repetitions")
-    add_level_arguments(p, requests=4800, rounds=8, out="ratio_drift")
+    add_level_arguments(p, requests=4800, requests_help="Fit requests per server and repetition",
+                        rounds=8, out="ratio_drift")
     args = p.parse_args(argv)
     rows, cols = level_shape(p, args)
     if args.repeats < 1:

@@ -249,10 +249,10 @@ def start_server(flags, shape, K, log_path):
     return proc, target, ports["metrics_port"]
 
 
-def add_level_arguments(p, *, requests, rounds, out):
+def add_level_arguments(p, *, requests, requests_help, rounds, out):
     """The options of the scripts that measure one concurrency level of the three servers again and
     again (``ratio_drift.py``, ``thread_cpu.py``), with these defaults."""
-    p.add_argument("--requests", type=int, default=requests, help="Fit requests per server and round")
+    p.add_argument("--requests", type=int, default=requests, help=requests_help)
     p.add_argument("--rounds", type=int, default=rounds, help="rounds (the servers in turn)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--shape", default="64x16", help="ROWSxCOLS of each matrix")

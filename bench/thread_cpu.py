@@ -128,7 +128,8 @@ def render(result) -> list[str]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_level_arguments(p, requests=3000, rounds=4, out="thread_cpu")
+    add_level_arguments(p, requests=3000, requests_help="Fit requests per server in each round",
+                        rounds=4, out="thread_cpu")
     args = p.parse_args(argv)
     shape = level_shape(p, args)
     if not Path("/proc/self/task").exists():
