@@ -107,12 +107,25 @@ def server_breakdown(before, after, n_requests):
     }
 
 
+def stat_cpu(path):
+    """``(name, seconds)`` from a ``/proc`` ``stat`` file (a process's or a thread's): its command
+    name and its user + system CPU seconds. Raises OSError when it is gone."""
+    text = Path(path).read_text()
+    fields = text.rsplit(")", 1)[1].split()
+    return (text[text.index("(") + 1:text.rindex(")")],
+            (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+
+
+def round_order(names, r):
+    """The servers in round ``r``'s order: rotated by one each round, so none always goes first."""
+    return names[r % len(names):] + names[:r % len(names)]
+
+
 def cpu_seconds(pid):
     """User + system CPU seconds of a process and its live descendants (the solver processes;
     Linux /proc), or NaN elsewhere."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = stat_cpu(f"/proc/{pid}/stat")[1]
     except (OSError, ValueError, IndexError):
         return float("nan")
     for child in _children(pid):
@@ -178,7 +191,7 @@ def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):
                               timeout_s))
     before = {n: scrape(servers[n][2]) for n in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in round_order(names, r):
             proc, target, _ = servers[name]
             cpu0, client0 = cpu_seconds(proc.pid) if proc else float("nan"), time.process_time()
             load0 = os.getloadavg()[0]

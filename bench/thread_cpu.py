@@ -33,8 +33,8 @@ from collections import Counter
 from pathlib import Path
 
 from _report import machine, machine_sentence, write_results
-from service_load import (CONFIGS, _children, add_level_arguments, level_shape, make_pool, run_level,
-                          start_server, stop_server)
+from service_load import (CONFIGS, _children, add_level_arguments, level_shape, make_pool,
+                          round_order, run_level, start_server, stat_cpu, stop_server)
 
 SERVERS = ("batched", "unbatched", "canned")
 ROLES = ("event loop", "gRPC event engine", "other server threads", "solver: Python",
@@ -55,7 +55,6 @@ def thread_cpu(pid: int) -> Counter:
     """CPU seconds by role (:data:`ROLES`) of the server ``pid`` and its child processes, summed
     over their live threads."""
     out: Counter = Counter()
-    tick = os.sysconf("SC_CLK_TCK")
     for proc in [pid] + _children(pid):
         try:
             tids = os.listdir(f"/proc/{proc}/task")
@@ -63,12 +62,10 @@ def thread_cpu(pid: int) -> Counter:
             continue
         for tid in tids:
             try:
-                stat = Path(f"/proc/{proc}/task/{tid}/stat").read_text()
-            except OSError:
+                name, seconds = stat_cpu(f"/proc/{proc}/task/{tid}/stat")
+            except OSError:  # the thread ended
                 continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2:].split()
-            out[_role(proc == pid, tid == str(proc), name)] += (int(fields[11]) + int(fields[12])) / tick
+            out[_role(proc == pid, tid == str(proc), name)] += seconds
     return out
 
 
@@ -148,8 +145,7 @@ def main(argv=None):
                                   min(args.requests, 500), args.timeout_s))
         runs = {name: [] for name in SERVERS}
         for r in range(args.rounds):
-            order = SERVERS[r % len(SERVERS):] + SERVERS[:r % len(SERVERS)]
-            for name in order:
+            for name in round_order(SERVERS, r):
                 runs[name].append(measure(*servers[name], pool, args))
     finally:
         for proc, _ in servers.values():
