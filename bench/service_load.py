@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+
+from _report import machine, machine_sentence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -318,8 +319,7 @@ def main(argv=None):
     levels = [int(c) for c in args.concurrency.split(",")]
     pool = make_pool(rows, cols, K)
     configs = ["external"] if args.target else args.configs.split(",")
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "python": platform.python_version(), "gpu": None},
+    results = {"machine": {**machine(), "gpu": None},
                "shape": [rows, cols], "n_components": K, "requests_per_level": args.requests,
                "rounds": args.rounds,
                "configs": {}}
@@ -364,8 +364,7 @@ def render_markdown(results):
     lines = [
         "# Service load: `bench/service_load.py`",
         "",
-        f"Machine: {m['cpus']} CPU cores, {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'} "
-        f"({m['platform']}, Python {m['python']}). Load generator and server on the same machine "
+        machine_sentence(m, m["gpu"]) + "Load generator and server on the same machine "
         "(loopback), so they share the cores.",
         f"Workload: `Fit` of {results['shape'][0]} x {results['shape'][1]} float64 matrices, "
         f"K={results['n_components']}, default options, {results['requests_per_level']} requests "
