@@ -14,7 +14,7 @@ def cpu_model() -> str | None:
 
     Why it is recorded: the service benches' ratios move with the host. Sessions of this project
     ran on VMs of one kind whose hosts differed by 2x in speed (the canned server's throughput), and
-    batching's gain at 64 clients fell from a median 3.00x on the slower to 2.46x on the faster
+    batching's gain at 64 clients fell from a median 3.00x on the slower to 2.57x on the faster
     (``results/ratio_drift.md``, ``results/ratio_drift_fast_host.md``)."""
     try:
         with open("/proc/cpuinfo") as f:
