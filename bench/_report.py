@@ -1,12 +1,9 @@
-"""What the benches share: the machine they ran on, told the same way, and (the CPU benches
-``solver_threads.py``, ``compaction.py``, ``request_path.py``, ``ratio_drift.py``, ``thread_cpu.py``)
-their results written as a ``.json`` / ``.md`` pair."""
+"""The machine a service benchmark ran on, told the same way in every report
+(``bench/service_load.py``)."""
 from __future__ import annotations
 
-import json
 import os
 import platform
-from pathlib import Path
 
 
 def cpu_model() -> str | None:
@@ -15,7 +12,7 @@ def cpu_model() -> str | None:
     Why it is recorded: the service benches' ratios move with the host. Sessions of this project
     ran on VMs of one kind whose hosts differed by 2x in speed (the canned server's throughput), and
     batching's gain at 64 clients fell from a median 3.00x on the slower to 2.57x on the faster
-    (``results/ratio_drift.md``, ``results/ratio_drift_fast_host.md``)."""
+    (``docs/decisions/0007-batching-ratio-on-2-cores.md``)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -39,10 +36,3 @@ def machine_sentence(info: dict, gpu: str | None = None) -> str:
     model = f" ({info['cpu_model']})" if info.get("cpu_model") else ""
     return (f"Machine: {info['cpus']} CPUs{model}, {'GPU ' + gpu if gpu else 'no GPU'} "
             f"({info['platform']}, Python {info['python']}). ")
-
-
-def write_results(out: str, result: dict, lines: list[str]):
-    """``out.json`` (the raw runs) and ``out.md`` (the report, also printed)."""
-    Path(out + ".json").write_text(json.dumps(result, indent=1))
-    Path(out + ".md").write_text("\n".join(lines))
-    print("\n".join(lines))

@@ -9,8 +9,8 @@
 * :func:`pcp`: principal component pursuit, ``min ||L||_* + lam ||S||_1`` s.t. ``L + S = M``
   (Candès, Li, Ma & Wright, J. ACM 2011), by the inexact augmented Lagrange multiplier method of
   Lin, Chen & Ma (2010) with their standard parameters. Implemented here because no maintained
-  package provides matrix PCP (see ``bench/README.md``). :func:`pcp_subspace` returns the top-K right
-  singular vectors of L.
+  package provides matrix PCP (see ``docs/benchmarks.md``). :func:`pcp_subspace` returns the top-K
+  right singular vectors of L.
 
 Arrays are (n_samples, n_features) as in the rest of the public API.
 """

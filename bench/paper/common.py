@@ -43,9 +43,8 @@ def parse_args(description, argv=None):
 
 def setup(args):
     """Single-threaded BLAS, headless matplotlib, the output folder. Returns the start time (s)."""
-    from threadpoolctl import threadpool_limits
-
     import matplotlib
+    from threadpoolctl import threadpool_limits
 
     matplotlib.use("Agg")
     threadpool_limits(1)
