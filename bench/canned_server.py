@@ -25,8 +25,8 @@ from pathlib import Path
 
 import grpc
 
-from l1pca.client import wire
 from l1pca.kernels.fitting import fit_many
+from l1pca.proto import wire
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
 
@@ -65,7 +65,7 @@ class CannedServicer(pb_grpc.L1PCAServicer):
 async def serve(port_file, rows, cols, K, await_s=None):
     X = make_pool(rows, cols, K, size=1)[0]
     res = fit_many([X], K, seeds=[0], backend="numpy")[0]
-    response = pb.FitResponse(model=wire.encode_fit_result(res, seed=0))
+    response = pb.FitResponse(model=wire.encode_model(res))
     info = pb.ServerInfo(version="canned", backend="none (canned answer)", device="cpu")
     server = grpc.aio.server()
     pb_grpc.add_L1PCAServicer_to_server(CannedServicer(response, info, await_s), server)

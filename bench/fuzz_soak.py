@@ -1,16 +1,16 @@
 """Fuzz soak: 10,000+ random bad-input cases against one ``l1pca serve`` process, counted.
 
-The generators of ``tests/fuzz_strategies.py`` (malformed protobuf bytes to every RPC, garbage
-Matrix / FitOptions fields with claimed shapes up to 2**64 - 1, adversarial matrices from denormal
-to 1e308, zeros, constant / duplicated columns, rank 1, N=1, D=1, K=D, float32 overflow, relabelled
-dtypes) run randomised (not the derandomised set of ``make test``). Every case must end OK (with
-finite, orthonormal components) or INVALID_ARGUMENT, within the deadline, and the server must answer
-the next request; the server's RSS is sampled throughout. A case that breaks the service's contract
-(a status other than OK / INVALID_ARGUMENT / DEADLINE_EXCEEDED, an answer later than the deadline, a
-server that stops answering) stops the run; a request answered DEADLINE_EXCEEDED at its deadline (an
-input the solver is slow on) is counted and saved; a
-fit whose answer breaks a solver property (non-orthonormal or non-finite components) is counted and
-its request saved (base64) in the results, and the run goes on.
+The generators of ``tests/service/fuzz_strategies.py`` (malformed protobuf bytes to every RPC,
+garbage Matrix / FitOptions fields with claimed shapes up to 2**64 - 1, adversarial matrices from
+denormal to 1e308, zeros, constant / duplicated columns, rank 1, N=1, D=1, K=D, float32 overflow,
+relabelled dtypes) run randomised (not the derandomised set of ``make test``). Every case must end
+OK (with finite, orthonormal components) or INVALID_ARGUMENT, within the deadline, and the server
+must answer the next request; the server's RSS is sampled throughout. A case that breaks the
+service's contract (a status other than OK / INVALID_ARGUMENT / DEADLINE_EXCEEDED, an answer later
+than the deadline, a server that stops answering) stops the run; a request answered
+DEADLINE_EXCEEDED at its deadline (an input the solver is slow on) is counted and saved; a fit whose
+answer breaks a solver property (non-orthonormal or non-finite components) is counted and its
+request saved (base64) in the results, and the run goes on.
 
     python bench/fuzz_soak.py                 # 10,000 cases
     python bench/fuzz_soak.py --cases 20000
@@ -29,14 +29,21 @@ from pathlib import Path
 
 from _reliability import ROOT, machine, rss_mib, start_server, stop_server, write_json
 
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "service"))
 
 import grpc  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fuzz_strategies import (RPCS, adversarial_fit, check_answer, garbage_matrix_request,  # noqa: E402
-                             model_msg, raw_call, timed_raw_call)
+from fuzz_strategies import (  # noqa: E402
+    RPCS,
+    adversarial_fit,
+    check_answer,
+    garbage_matrix_request,
+    model_msg,
+    raw_call,
+    timed_raw_call,
+)
 
 MAX_ROWS, MAX_COLS = 1_000_000, 100_000
 SERVER_FLAGS = ["--backend", "numpy", "--max-rows", str(MAX_ROWS), "--max-cols", str(MAX_COLS),
@@ -70,9 +77,10 @@ def main(argv=None):
     t_start = time.perf_counter()
     try:
         with grpc.insecure_channel(target) as channel:
-            from l1pca.client import wire
-            from l1pca.v1 import l1pca_pb2 as pb
             import numpy as np
+
+            from l1pca.proto import wire
+            from l1pca.v1 import l1pca_pb2 as pb
 
             X = np.random.default_rng(1).normal(size=(30, 4))
             fit_req = pb.FitRequest(x=wire.encode_matrix(X), options=pb.FitOptions(n_components=2))

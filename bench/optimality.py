@@ -79,7 +79,8 @@ def run(repeats, Ns, Ds, Ks, kinds, seed=0):
 
 
 def table(stats, Ks):
-    lines = ["| method | K | problems | exact hits | mean ratio to optimum | worst ratio | median time (ms) |",
+    lines = ["| method | K | problems | exact hits | mean ratio to optimum | worst ratio "
+             "| median time (ms) |",
              "|---|---|---|---|---|---|---|"]
     for name, _ in METHODS:
         for K in list(Ks) + ["all"]:

@@ -28,14 +28,13 @@ from pathlib import Path
 
 import grpc
 
-from _reliability import load_average, machine, make_pool, pct, rss_mib, start_server, stop_server, \
-    write_json
+from _reliability import load_average, machine, make_pool, pct, rss_mib, start_server, stop_server, write_json
 
 SERVER_FLAGS = ["--max-queue", "128"]
 
 
 def _requests(K=2):
-    from l1pca.client import wire
+    from l1pca.proto import wire
     from l1pca.v1 import l1pca_pb2 as pb
 
     return [pb.FitRequest(x=wire.encode_matrix(X), options=pb.FitOptions(n_components=K, seed=i))

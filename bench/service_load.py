@@ -34,13 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from _report import machine, machine_sentence
+from l1pca.service import testing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,18 +75,18 @@ def _percentile(values, q):
 
 
 def scrape(port):
+    """The server's /metrics, flattened: ``{name[,method=M]: sum over the other labels}`` (histogram
+    buckets left out; ``method`` kept for the request metrics)."""
     if port is None:  # the canned server keeps no metrics: every server-side column is NaN
         return {}
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
     out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name.endswith("_bucket"):
-                continue
-            key = s.name + "".join(f",{k}={v}" for k, v in sorted(s.labels.items())
-                                   if k in ("method",) and s.name.startswith("l1pca_request"))
-            out[key] = out.get(key, 0.0) + s.value
+    for name, samples in testing.scrape(port).items():
+        if name.endswith("_bucket"):
+            continue
+        for labels, v in samples:
+            key = name + "".join(f",{k}={val}" for k, val in sorted(labels.items())
+                                 if k in ("method",) and name.startswith("l1pca_request"))
+            out[key] = out.get(key, 0.0) + v
     return out
 
 
@@ -226,67 +225,23 @@ def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):
 
 
 def start_server(flags, shape, K, log_path):
-    """``l1pca serve`` with ``flags`` (None: bench/canned_server.py), once it answers a fit:
-    ``(process, target, metrics_port)``; ``metrics_port`` is None for the canned server."""
-    port_file = Path(tempfile.mkdtemp()) / "ports.json"
+    """``l1pca serve`` with ``flags`` (None: bench/canned_server.py) in a child process
+    (:class:`l1pca.service.testing.ServeProcess`), once it reports SERVING (warm: its warm-up
+    compiled the shape's bucket; the canned server once it listens): ``(process, target,
+    metrics_port)``; ``metrics_port`` is None for the canned server."""
+    workdir = tempfile.mkdtemp(prefix="l1pca-bench-")
     if flags is None:
-        cmd = [sys.executable, str(ROOT / "bench" / "canned_server.py"), "--port-file", str(port_file),
-               "--shape", f"{shape[0]}x{shape[1]}", "-k", str(K)]
+        server = testing.ServeProcess(
+            "--shape", f"{shape[0]}x{shape[1]}", "-k", str(K), workdir=workdir, log_path=log_path,
+            command=[sys.executable, str(ROOT / "bench" / "canned_server.py")], port_flags=False,
+            ready=lambda _: True)  # it writes its port file once listening, and has no health service
     else:
-        cmd = [sys.executable, "-m", "l1pca.client.cli", "serve", "--port", "0", "--metrics-port",
-               "0", "--port-file", str(port_file), "--warmup-shapes", f"{shape[0]}x{shape[1]}",
-               "--warmup-components", str(K), "--max-queue", "4096", "--log-level", "WARNING",
-               *flags]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(3000):  # up to 300 s for imports and warm-up compiles
-        if port_file.exists() or proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    if proc.poll() is not None or not port_file.exists():
-        raise RuntimeError(f"server failed to start; see {log_path}")
-    ports = json.loads(port_file.read_text())
-    target = f"127.0.0.1:{ports['port']}"
-    from l1pca.client import Client, ClientError
-
-    with Client(target, timeout_s=5) as client:
-        for _ in range(600):  # until warm (UNAVAILABLE while warming up), while the server lives
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-            try:
-                client.fit(make_pool(shape[0], shape[1], K, size=1)[0], K, seed=0)
-                break
-            except ClientError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError(f"server never became ready; see {log_path}")
-    return proc, target, ports["metrics_port"]
-
-
-def add_level_arguments(p, *, requests, requests_help, rounds, out):
-    """The options of the scripts that measure one concurrency level of the three servers again and
-    again (``ratio_drift.py``, ``thread_cpu.py``), with these defaults."""
-    p.add_argument("--requests", type=int, default=requests, help=requests_help)
-    p.add_argument("--rounds", type=int, default=rounds, help="rounds (the servers in turn)")
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--shape", default="64x16", help="ROWSxCOLS of each matrix")
-    p.add_argument("-k", "--n-components", type=int, default=2)
-    p.add_argument("--timeout-s", type=float, default=120.0)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / out),
-                   help="output path without suffix (.json and .md are written)")
-
-
-def level_shape(p, args):
-    """Checks the options of :func:`add_level_arguments` (``p.error`` on a bad one); the matrix
-    shape ``(rows, cols)``."""
-    for name in ("requests", "rounds", "concurrency", "n_components"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    try:
-        rows, cols = (int(v) for v in args.shape.lower().split("x"))
-    except ValueError:
-        p.error(f"--shape {args.shape!r}: give ROWSxCOLS, e.g. 64x16")
-    return rows, cols
+        server = testing.ServeProcess(
+            "--warmup-shapes", f"{shape[0]}x{shape[1]}", "--warmup-components", str(K),
+            "--max-queue", "4096", "--log-level", "WARNING", *flags, workdir=workdir,
+            log_path=log_path)
+    server.start(timeout_s=300)  # imports and warm-up compiles
+    return server.proc, server.target, server.metrics_port
 
 
 def stop_server(proc):
@@ -548,7 +503,7 @@ def _pool_note(cfgs):
     return ["* JAX's CPU pool, side by side: " + "; ".join(cells) + ". The default "
             "`--solver-threads 1` gives JAX's CPU backend one compute thread in the server and in "
             "each solver process; `-xla-pool` runs `--solver-threads 0`, XLA's default of a thread "
-            "per CPU (`bench/results/solver_threads.md` has the fits alone)."]
+            "per CPU (`docs/decisions/0002-solver-threads-1.md` has the fits alone)."]
 
 
 def _idle_note(cfgs):

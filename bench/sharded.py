@@ -22,14 +22,16 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import numpy as np  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
-from l1pca.kernels import solve  # noqa: E402
-from l1pca.kernels import sharded  # noqa: E402
+from l1pca.kernels import (
+    sharded,  # noqa: E402
+    solve,  # noqa: E402
+)
 
 
 def correctness(N, D, Ks, device_counts, out):
@@ -75,14 +77,16 @@ def collectives(out):
 
 def memory(Ns, D, K, device_counts, out):
     out.append(f"## 3. Memory per device (D={D}, K={K}, one start), from XLA's memory analysis\n")
-    out.append("| N | devices | arguments (MiB) | temporaries (MiB) | total per device (MiB) | N d / devices x 8 B (MiB) |")
+    out.append("| N | devices | arguments (MiB) | temporaries (MiB) | total per device (MiB) "
+               "| N d / devices x 8 B (MiB) |")
     out.append("|---|---|---|---|---|---|")
     for N in Ns:
         for nd in device_counts:
             mesh = sharded.make_mesh(nd)
             with jax.enable_x64(True):
                 prog = sharded._search_program(mesh, True, True, True)  # warm start, pair moves, L2 start
-                X = jax.ShapeDtypeStruct((N, D), jnp.float64, sharding=NamedSharding(mesh, P("samples", None)))
+                X = jax.ShapeDtypeStruct((N, D), jnp.float64,
+                                         sharding=NamedSharding(mesh, P("samples", None)))
                 g = jax.ShapeDtypeStruct((D, K), jnp.float64)
                 compiled = prog.lower(X, g, jnp.asarray(10, jnp.int32), jnp.asarray(1e-9)).compile()
             mem = compiled.memory_analysis()

@@ -23,10 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from _reliability import (code_name, load_average, machine, make_pool, pct, rss_mib, start_server,
-                          stop_server, write_json)
+from _reliability import (
+    code_name,
+    load_average,
+    machine,
+    make_pool,
+    pct,
+    rss_mib,
+    start_server,
+    stop_server,
+    write_json,
+)
 
 
 async def soak(target, pid, *, duration_s, rate, window_s, max_outstanding, timeout_s):

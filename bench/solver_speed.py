@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import re
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -76,8 +76,8 @@ def targets(N, D, repeats, out):
     for name, make in (("planted rank 5 + 2% outliers", planted), ("flat spectrum + 2% outliers", data)):
         X = make(N, D)
         runs = {"full": [], "default": [], "l1": []}
-        fns = {"full": lambda: PCA(1, svd_solver="full").fit(X), "default": lambda: PCA(1).fit(X),
-               "l1": lambda: solve(X, 1, n_init=1, backend="numpy")}
+        fns = {"full": lambda X=X: PCA(1, svd_solver="full").fit(X), "default": lambda X=X: PCA(1).fit(X),
+               "l1": lambda X=X: solve(X, 1, n_init=1, backend="numpy")}
         res = None
         for _ in range(repeats):
             for key, fn in fns.items():
@@ -97,18 +97,20 @@ def targets(N, D, repeats, out):
 def single_fits(grid, repeats, out):
     out.append("## 1. Single fits against scikit-learn's PCA\n")
     out.append("| N | D | K | PCA full (s) | PCA default (s) | L1-BF numpy n_init=1 (s) | ratio to full | "
-               "ratio to default | L1-BF numpy default n_init (s) | L1-BF jax n_init=1 (s) | jax compile (s) | flips |")
+               "ratio to default | L1-BF numpy default n_init (s) | L1-BF jax n_init=1 (s) | "
+               "jax compile (s) | flips |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for N, D, K in grid:
         X = data(N, D)
-        full = timed(lambda: PCA(K, svd_solver="full").fit(X), repeats)[0] if N * D <= 2e7 else float("nan")
-        dflt = timed(lambda: PCA(K).fit(X), repeats)[0]
-        one, res = timed(lambda: solve(X, K, n_init=1, backend="numpy"), repeats)
-        many = timed(lambda: solve(X, K, backend="numpy"), 1)[0] if N * D <= 1e6 else float("nan")
+        full = (timed(lambda X=X, K=K: PCA(K, svd_solver="full").fit(X), repeats)[0]
+                if N * D <= 2e7 else float("nan"))
+        dflt = timed(lambda X=X, K=K: PCA(K).fit(X), repeats)[0]
+        one, res = timed(lambda X=X, K=K: solve(X, K, n_init=1, backend="numpy"), repeats)
+        many = timed(lambda X=X, K=K: solve(X, K, backend="numpy"), 1)[0] if N * D <= 1e6 else float("nan")
         t0 = time.perf_counter()
         solve(X, K, n_init=1, backend="jax")
         first = time.perf_counter() - t0
-        jx = timed(lambda: solve(X, K, n_init=1, backend="jax"), repeats)[0]
+        jx = timed(lambda X=X, K=K: solve(X, K, n_init=1, backend="jax"), repeats)[0]
         fmt = lambda v: "—" if np.isnan(v) else f"{v:.3f}"  # noqa: E731
         row = (f"| {N:.0e} | {D} | {K} | {fmt(full)} | {fmt(dflt)} | {one:.3f} | "
                f"{fmt(one / full) if not np.isnan(full) else '—'} | {one / dflt:.2f} | {fmt(many)} | "
@@ -126,8 +128,8 @@ def growth(Ns, repeats, out):
     t_bf, t_svd = [], []
     for N in Ns:
         X = data(N, 10)
-        a = timed(lambda: solve(X, 1, n_init=1, backend="numpy"), repeats)[0]
-        b = timed(lambda: PCA(1, svd_solver="full").fit(X), repeats)[0]
+        a = timed(lambda X=X: solve(X, 1, n_init=1, backend="numpy"), repeats)[0]
+        b = timed(lambda X=X: PCA(1, svd_solver="full").fit(X), repeats)[0]
         t_bf.append(a)
         t_svd.append(b)
         out.append(f"| {N:.0e} | {a:.4f} | {b:.4f} |")
@@ -147,12 +149,14 @@ def batched(count, shape, K, repeats, out):
     out.append("|---|---|---|---|")
     loop = timed(lambda: [solve(X, K, random_state=0, backend="numpy") for X in Xs], 1)[0]
     rows = [("Python loop of solve (numpy)", loop)]
-    rows.append(("solve_batch numpy", timed(lambda: solve_batch(Xs, K, random_state=0, backend="numpy"), 1)[0]))
+    rows.append(("solve_batch numpy",
+                 timed(lambda: solve_batch(Xs, K, random_state=0, backend="numpy"), 1)[0]))
     solve_batch(Xs[:64], K, random_state=0, backend="jax")  # compile this bucket
     rows.append(("solve_batch jax (cpu)" if not backends.jax_gpu_usable() else "solve_batch jax (gpu)",
                  timed(lambda: solve_batch(Xs, K, random_state=0, backend="jax"), repeats)[0]))
     if backends.cupy_usable():
-        rows.append(("solve_batch cupy", timed(lambda: solve_batch(Xs, K, random_state=0, backend="cupy"), 1)[0]))
+        rows.append(("solve_batch cupy",
+                     timed(lambda: solve_batch(Xs, K, random_state=0, backend="cupy"), 1)[0]))
     for name, t in rows:
         out.append(f"| {name} | {t:.3f} | {count / t:.0f} | {loop / t:.2f}x |")
     out.append("")
@@ -167,8 +171,8 @@ def crossover(shape, K, sizes, repeats, out):
     for b in sizes:
         Xs = [rng.standard_normal(shape) for _ in range(b)]
         solve_batch(Xs, K, backend="jax")  # compile
-        tn = timed(lambda: solve_batch(Xs, K, backend="numpy"), repeats)[0] / b
-        tj = timed(lambda: solve_batch(Xs, K, backend="jax"), repeats)[0] / b
+        tn = timed(lambda Xs=Xs: solve_batch(Xs, K, backend="numpy"), repeats)[0] / b
+        tj = timed(lambda Xs=Xs: solve_batch(Xs, K, backend="jax"), repeats)[0] / b
         out.append(f"| {b} | {1e3 * tn:.2f} | {1e3 * tj:.2f} | {'jax' if tj < tn else 'numpy'} |")
     out.append(f"\n`backend=\"auto\"` sends CPU batches of >= {backends.JAX_MIN_BATCH} matrices to JAX.\n")
     print("\n".join(out[-len(sizes) - 3:]), flush=True)
@@ -186,7 +190,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sections = {int(x) for x in args.sections.split(",")}
     t0 = time.perf_counter()
-    out = [f"# Solver speed\n",
+    out = ["# Solver speed\n",
            f"Machine: {platform.machine()}, {os.cpu_count()} cores, GPU backends: "
            f"{', '.join(backends.gpu_backends()) or 'none'} ({backends.device_description()}); "
            f"numpy {np.__version__}; medians of {args.repeats} runs unless stated.\n"]
@@ -241,7 +245,7 @@ def _replace_sections(path, lines, sections, seconds, repeats):
         new = head.search(fresh)
         if new is None or head.search(report) is None:
             raise SystemExit(f"section {k} missing from the new run or from {path}")
-        report = head.sub(lambda _: new.group(0).rstrip("\n") + "\n" + stamp + "\n", report, count=1)
+        report = head.sub(lambda _, new=new: new.group(0).rstrip("\n") + "\n" + stamp + "\n", report, count=1)
     path.write_text(report)
     print(f"replaced sections {sorted(sections)} in {path}")
     return 0

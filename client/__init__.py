@@ -1,5 +1,5 @@
 """l1pca.client: the Python client of the l1pca service, the ``Model`` it returns, and the CLI."""
-from .model import Model
+from l1pca.kernels.model import Model
 
 __all__ = ["Model", "Client", "AsyncClient", "ClientError", "Retry", "OutlierScores", "tls_credentials"]
 

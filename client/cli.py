@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from l1pca.kernels import BACKENDS, CENTERS, DEFAULT_N_INIT, METHODS, Model
 
 
 def load_matrix(path):
@@ -95,14 +96,13 @@ class ProgressBar:
 def _common_arguments(p):
     p.add_argument("data", metavar="DATA", help=".npy or .csv file, one sample per row")
     p.add_argument("-k", "--n-components", type=int, default=1, help="number of components K (default 1)")
-    p.add_argument("--method", default="bitflip",
-                   choices=["bitflip", "exact", "l2", "fixed-point", "non-greedy"],
-                   help="solver (default bitflip)")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "jax", "cupy"],
+    p.add_argument("--method", default="bitflip", choices=list(METHODS),
+                   help="solver (default bitflip): " + "; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
                    help="where L1-BF runs (default auto)")
-    p.add_argument("--center", default="median", choices=["median", "mean", "none"],
+    p.add_argument("--center", default="median", choices=list(CENTERS),
                    help="centre subtracted before the fit (default median)")
-    p.add_argument("--n-init", type=int, default=None, help="L1-BF starts (default 8)")
+    p.add_argument("--n-init", type=int, default=None, help=f"L1-BF starts (default {DEFAULT_N_INIT})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--contamination", default="auto",
                    help="outlier threshold rule: 'auto' (median + 3 MAD) or a fraction in (0, 0.5]")
@@ -128,29 +128,29 @@ def build_parser():
     _common_arguments(score)
     score.add_argument("--model", default=None,
                        help="model.npz written by 'l1pca fit' (default: fit on DATA first)")
-    try:
-        from l1pca.service.config import add_serve_parser
-    except ImportError:  # the service is optional for the local commands
-        add_serve_parser = None
-    if add_serve_parser is not None:
-        add_serve_parser(sub)
+    # `serve` parses its own flags (l1pca.service.config): the service is imported only when it runs.
+    sub.add_parser("serve", add_help=False, help="run the gRPC service ('l1pca serve --help' lists "
+                   "its flags)")
     return parser
 
 
-def _contamination(value):
-    if value == "auto":
+def _keyword_or(value, keyword, flag, convert, expected):
+    """``value`` when it is ``keyword``, else ``convert(value)``; a message naming the flag."""
+    if value == keyword:
         return value
     try:
-        return float(value)
+        return convert(value)
     except ValueError:
-        raise ValueError(f"--contamination={value!r} must be 'auto' or a number in (0, 0.5]") from None
+        raise ValueError(f"{flag}={value!r} must be {expected}") from None
+
+
+def _contamination(value):
+    return _keyword_or(value, "auto", "--contamination", float, "'auto' or a number in (0, 0.5]")
 
 
 def _fit_model(X, args):
-    """A fitted model (local estimator or the server's answer), as the client's ``Model``."""
-    from l1pca.client.model import Model
-
-    center = None if args.center == "none" else args.center
+    """A fitted model (local estimator or the server's answer), as a :class:`l1pca.kernels.Model`."""
+    center = args.center
     n_init = args.n_init
     if args.server:
         from l1pca.client import Client
@@ -167,16 +167,11 @@ def _fit_model(X, args):
     with ProgressBar(f"fit {X.shape[0]}x{X.shape[1]} K={args.n_components}",
                      enabled=not args.quiet) as bar:
         est.fit(X, progress=bar.update)
-    return Model.from_estimator(est)
+    return est.to_model()
 
 
 def _devices(value):
-    if value == "all":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"--devices={value!r} must be 'all' or a device count") from None
+    return _keyword_or(value, "all", "--devices", int, "'all' or a device count")
 
 
 def _robust_center(X, center, *, max_rows=1_000_000):
@@ -195,7 +190,6 @@ def _robust_center(X, center, *, max_rows=1_000_000):
 
 def _fit_sharded(path, args, out):
     """``fit --devices``: the sharded solver on a streamed matrix; scores and projections chunk-wise."""
-    from l1pca.client.model import Model
     from l1pca.kernels import scoring, solve
     from l1pca.kernels.sharded import RowChunks, iter_rows
 
@@ -266,8 +260,6 @@ def cmd_fit(args):
 
 
 def cmd_score(args):
-    from l1pca.client.model import Model
-
     X = load_matrix(args.data)
     t0 = time.perf_counter()
     model = Model.load(args.model) if args.model else None
@@ -278,7 +270,7 @@ def cmd_score(args):
         with Client(args.server, timeout_s=args.timeout_s) as client:
             res = client.score_outliers(
                 X, model=model, n_components=args.n_components, method=args.method,
-                n_init=args.n_init, center=None if args.center == "none" else args.center,
+                n_init=args.n_init, center=args.center,
                 seed=args.seed, contamination=_contamination(args.contamination),
                 return_entry_scores=True)
         model, entries, scores = res.model, res.entry_scores, res.scores
@@ -307,14 +299,17 @@ def cmd_score(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        from l1pca.service.server import main as serve_main
+
+        return serve_main(argv[1:], prog="l1pca serve")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "fit":
             return cmd_fit(args)
-        if args.command == "score":
-            return cmd_score(args)
-        return args.run(args)
+        return cmd_score(args)
     except (ValueError, TypeError) as exc:
         print(f"l1pca {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -38,11 +38,10 @@ from typing import NamedTuple
 import grpc
 import numpy as np
 
+from l1pca.kernels import Model
+from l1pca.proto import wire
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
-
-from . import wire
-from .model import Model
 
 # CANCELLED is transient here: a gRPC server that shuts down (a drained replica, a rollout) ends the
 # calls it has received but not yet handed to a handler with CANCELLED, not UNAVAILABLE
@@ -305,6 +304,25 @@ class _Base:
             retry_end = min(end, now + self.retry.deadline_s)
         return end, retry_end
 
+    def _attempts(self, timeout_s):
+        """The tries the retry policy allows within the deadline, each an :class:`_Attempt`; past
+        the deadline, DEADLINE_EXCEEDED (the sync and async clients share this loop)."""
+        end, retry_end = self._deadline(timeout_s)
+        for number in range(self.retry.max_attempts if self.retry else 1):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise ClientError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"no answer within the deadline after {number} attempts")
+            yield _Attempt(number, None if remaining == float("inf") else remaining, end, retry_end)
+
+    def _after_failure(self, err, attempt):
+        """Seconds to wait before the next try after ``err``; raises :class:`ClientError` to give up."""
+        sleep = self._next_sleep(err, attempt.number, attempt.end, attempt.retry_end)
+        if sleep is None:
+            raise ClientError.from_rpc(
+                err, f" (after {attempt.number + 1} attempts)" if attempt.number else "") from err
+        return sleep
+
     def _next_sleep(self, err, attempt, end, retry_end):
         """Seconds to sleep before the next attempt, or None to give up on ``err``."""
         code, details = err.code(), err.details()
@@ -315,6 +333,13 @@ class _Base:
         if time.monotonic() + sleep >= min(end, retry_end):
             return None
         return sleep
+
+
+class _Attempt(NamedTuple):
+    number: int  # from 0
+    timeout_s: float | None  # this try's gRPC timeout: what is left of the deadline
+    end: float  # the call's deadline (time.monotonic())
+    retry_end: float  # no retry starts after this
 
 
 class Client(_Base):
@@ -357,26 +382,16 @@ class Client(_Base):
         self._channel.close()
 
     def _call(self, rpc, request, timeout_s):
-        end, retry_end = self._deadline(timeout_s)
-        for attempt in range(self.retry.max_attempts if self.retry else 1):
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                raise ClientError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"no answer within the deadline after {attempt} attempts")
+        for attempt in self._attempts(timeout_s):
             try:
-                return rpc(request, timeout=None if remaining == float("inf") else remaining,
-                           metadata=self._metadata)
+                return rpc(request, timeout=attempt.timeout_s, metadata=self._metadata)
             except grpc.RpcError as err:
-                sleep = self._next_sleep(err, attempt, end, retry_end)
-                if sleep is None:
-                    raise ClientError.from_rpc(
-                        err, f" (after {attempt + 1} attempts)" if attempt else "") from err
-                time.sleep(sleep)
+                time.sleep(self._after_failure(err, attempt))
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
     def fit(self, X, n_components=1, *, method="bitflip", n_init=None, center="median", seed=None,
             contamination="auto", timeout_s=None) -> Model:
-        """Fit on the server; the fitted :class:`Model` (with ``model.extra["seed"]``)."""
+        """Fit on the server; the fitted :class:`Model` (with ``model.seed``, the seed its starts used)."""
         req = _fit_request(X, n_components, dict(method=method, n_init=n_init, center=center,
                                                  seed=seed, contamination=contamination))
         return wire.decode_model(self._call(self._stub.Fit, req, timeout_s).model)
@@ -425,21 +440,11 @@ class AsyncClient(_Base):
         await self._channel.close()
 
     async def _call(self, rpc, request, timeout_s):
-        end, retry_end = self._deadline(timeout_s)
-        for attempt in range(self.retry.max_attempts if self.retry else 1):
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                raise ClientError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"no answer within the deadline after {attempt} attempts")
+        for attempt in self._attempts(timeout_s):
             try:
-                return await rpc(request, timeout=None if remaining == float("inf") else remaining,
-                                 metadata=self._metadata)
+                return await rpc(request, timeout=attempt.timeout_s, metadata=self._metadata)
             except grpc.RpcError as err:
-                sleep = self._next_sleep(err, attempt, end, retry_end)
-                if sleep is None:
-                    raise ClientError.from_rpc(
-                        err, f" (after {attempt + 1} attempts)" if attempt else "") from err
-                await asyncio.sleep(sleep)
+                await asyncio.sleep(self._after_failure(err, attempt))
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
     async def fit(self, X, n_components=1, *, method="bitflip", n_init=None, center="median",

@@ -1,10 +1,14 @@
 """l1pca.kernels: L1-norm principal components (L1-BF and exact solvers, baselines) and outlier scores.
 
->>> from l1pca.kernels import solve, solve_batch, L1PCA
+>>> from l1pca.kernels import solve, solve_batch, L1PCA, Model
 """
-from .solve import DEFAULT_N_INIT, SolveResult, bucket_shape, solve, solve_batch
+from .errors import InputError, InputTypeError, L1PCAError
+from .model import Model
+from .options import BACKENDS, CENTERS, DEFAULT_N_INIT, METHODS, SolveOptions
+from .solve import SolveResult, bucket_shape, solve, solve_batch
 
-__all__ = ["solve", "solve_batch", "SolveResult", "L1PCA", "DEFAULT_N_INIT", "bucket_shape"]
+__all__ = ["BACKENDS", "CENTERS", "DEFAULT_N_INIT", "METHODS", "InputError", "InputTypeError", "L1PCA",
+           "L1PCAError", "Model", "SolveOptions", "SolveResult", "bucket_shape", "solve", "solve_batch"]
 
 
 def __getattr__(name):

@@ -15,8 +15,7 @@ import numbers
 
 import numpy as np
 
-METHODS = ("bitflip", "exact", "l2", "fixed-point", "non-greedy")
-BACKENDS = ("auto", "numpy", "jax", "cupy")
+from .errors import InputError, InputTypeError
 
 
 def check_matrix(X, *, name="X"):
@@ -24,9 +23,9 @@ def check_matrix(X, *, name="X"):
 
     Raises
     ------
-    TypeError
+    InputTypeError
         If ``X`` is not numeric (complex, object, strings).
-    ValueError
+    InputError
         If ``X`` is not 2-D, is empty, or holds NaN or infinity.
     """
     return check_matrix_peak(X, name=name)[0]
@@ -43,15 +42,15 @@ def check_matrix_peak(X, *, name="X"):
         X = np.asarray(X.get() if hasattr(X, "get") else X)
     arr = np.asarray(X)
     if arr.dtype.kind not in "biuf":
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}"
         )
     if arr.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"{name} must be 2-D (n_samples, n_features); got {arr.ndim}-D array of shape {arr.shape}"
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one sample and one feature; got shape {arr.shape}")
+        raise InputError(f"{name} must have at least one sample and one feature; got shape {arr.shape}")
     # A signalling NaN (bytes a client can send) raises the FPU's invalid flag when float32 widens
     # to float64, which NumPy reports as a RuntimeWarning per call; the finiteness check below
     # refuses it with a message instead.
@@ -60,14 +59,14 @@ def check_matrix_peak(X, *, name="X"):
     hi, lo = float(arr.max()), float(arr.min())
     if not (math.isfinite(hi) and math.isfinite(lo)):
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(
+        raise InputError(
             f"{name} must be finite; found {arr[tuple(bad)]} at row {bad[0]}, column {bad[1]}"
         )
     # Values near the float64 limit overflow in the Gram matrix; refuse them with a message rather
     # than return NaN components.
     peak = max(hi, -lo)
     if peak > 1e150:
-        raise ValueError(
+        raise InputError(
             f"{name} has entries of magnitude {peak:.3g}; the solvers need |x| <= 1e150 "
             "(rescale the data, the components do not change)"
         )
@@ -77,40 +76,27 @@ def check_matrix_peak(X, *, name="X"):
 def check_n_components(n_components, n_samples, n_features):
     """Validate K against the matrix shape: ``1 <= K <= min(n_samples, n_features)``."""
     if isinstance(n_components, (bool, np.bool_)) or not isinstance(n_components, numbers.Integral):
-        raise TypeError(f"n_components must be an int; got {n_components!r}")
+        raise InputTypeError(f"n_components must be an int; got {n_components!r}")
     limit = min(n_samples, n_features)
     if not 1 <= n_components <= limit:
-        raise ValueError(
+        raise InputError(
             f"n_components={n_components} must be in [1, min(n_samples, n_features)={limit}]"
         )
     return int(n_components)
-
-
-def check_positive_int(value, name, *, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}")
-    return int(value)
-
-
-def check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
-    return value
 
 
 def check_random_state(random_state):
     """Turn ``None``, an int or a Generator into a :class:`numpy.random.Generator`."""
     if random_state is None or isinstance(random_state, numbers.Integral):
         if isinstance(random_state, (bool, np.bool_)):
-            raise TypeError(f"random_state must be None, an int or a numpy Generator; got {random_state!r}")
+            raise InputTypeError(
+                f"random_state must be None, an int or a numpy Generator; got {random_state!r}")
         if random_state is not None and random_state < 0:
-            raise ValueError(f"random_state={random_state} must be >= 0")
+            raise InputError(f"random_state={random_state} must be >= 0")
         return np.random.default_rng(random_state)
     if isinstance(random_state, np.random.Generator):
         return random_state
     if isinstance(random_state, np.random.RandomState):
         # scikit-learn passes RandomState objects around; derive a Generator from it deterministically.
         return np.random.default_rng(random_state.randint(0, 2**31 - 1))
-    raise TypeError(f"random_state must be None, an int or a numpy Generator; got {random_state!r}")
+    raise InputTypeError(f"random_state must be None, an int or a numpy Generator; got {random_state!r}")

@@ -35,6 +35,8 @@ from __future__ import annotations
 import functools
 import os
 
+from .errors import InputError
+
 JAX_MIN_BATCH = 16
 """Smallest batch (per shape bucket) sent to JAX on the CPU by ``backend="auto"``."""
 
@@ -61,7 +63,7 @@ def init_jax_cpu(threads: int | None = 1) -> bool:
     Why: the batched L1-BF programs are loops of many small operations, which a larger pool mostly
     hands between threads. On the 2-core box one thread used 30-36% less CPU per ``fit_many`` call
     on 64 x 16 and 256 x 16 matrices, 1 or 16 per call, in 0.91-1.01x the time; large matrices lose
-    time (20000 x 50: 1.31x, at 0.8x the CPU). See ``bench/results/solver_threads.md``.
+    time (20000 x 50: 1.31x, at 0.8x the CPU). See ``docs/decisions/0002-solver-threads-1.md``.
 
     Parameters
     ----------
@@ -83,7 +85,7 @@ def init_jax_cpu(threads: int | None = 1) -> bool:
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
-        raise ValueError(f"threads={threads!r} must be a positive int or None")
+        raise InputError(f"threads={threads!r} must be a positive int or None")
     import jax
     from jax._src import xla_bridge  # backends_are_initialized has no public name
 
@@ -148,9 +150,9 @@ def use_compile_cache(path, *, max_bytes: int = 256 * 2**20) -> str:
     '/home/me/.cache/l1pca/jax'
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ValueError(f"max_bytes={max_bytes!r} must be a positive int")
+        raise InputError(f"max_bytes={max_bytes!r} must be a positive int")
     if not str(path).strip():
-        raise ValueError("path is empty; give the directory for JAX's compiled programs")
+        raise InputError("path is empty; give the directory for JAX's compiled programs")
     directory = os.path.abspath(os.path.expanduser(str(path)))
     os.makedirs(directory, exist_ok=True)
     probe = os.path.join(directory, f".l1pca-write-probe-{os.getpid()}")
@@ -173,7 +175,7 @@ def _thread_ids() -> set[int]:
         return set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cupy_usable() -> bool:
     """CuPy imports, sees a CUDA device, and can run a kernel on it."""
     try:
@@ -186,7 +188,7 @@ def cupy_usable() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jax_gpu_usable() -> bool:
     """JAX has a GPU backend with at least one device."""
     try:
@@ -226,13 +228,13 @@ def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = Fal
     that bucket."""
     if method != "bitflip":
         if backend not in ("auto", "numpy"):
-            raise ValueError(
+            raise InputError(
                 f"backend={backend!r}: method={method!r} runs on the 'numpy' backend only "
                 "(use backend='auto' or 'numpy')"
             )
         return "numpy"
     if backend == "cupy" and not cupy_usable():
-        raise ValueError("backend='cupy' needs CuPy and a CUDA GPU; none is usable here (use 'auto')")
+        raise InputError("backend='cupy' needs CuPy and a CUDA GPU; none is usable here (use 'auto')")
     if backend != "auto":
         return backend
     gpus = gpu_backends()

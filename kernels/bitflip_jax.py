@@ -17,15 +17,26 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from .bitflip import (TIE_RTOL, best_pair, bit_gains, candidate_gains, first_true, gain_bound_terms,
-                      gram_nuclear, inv_sqrt_gram, select_flip, sweep_mask)
-from .reduce import l2_start_matrix, search_data, sign
+from .flip_rule import (
+    TIE_RTOL,
+    best_pair,
+    bit_gains,
+    candidate_gains,
+    first_true,
+    gain_bound_terms,
+    gram_nuclear,
+    inv_sqrt_gram,
+    pair_outcome,
+    select_flip,
+    step_outcome,
+    sweep_mask,
+)
+from .reduce import iter_starts, search_data
 
 # Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps
 # its own cache; this mirror of it lets backend="auto" prefer JAX where no compile is pending,
@@ -106,7 +117,7 @@ def _by_columns(M, X):
     """``M @ X`` for a narrow X (N x K), written as one matrix-vector product per column for K <= 2.
     Under ``vmap`` on the CPU, XLA runs a batch of (d x N) @ (N x 2) products as a batched matrix
     product at about a third of the speed of the same arithmetic as batched matrix-vector products,
-    and a whole flip step took nearly twice as long (``bench/results/lane_products.md``).
+    and a whole flip step took nearly twice as long (``docs/decisions/0004-products-by-columns.md``).
     Wider X keeps one product: on a GPU, K products would read M K times."""
     if X.shape[1] > 2:
         return M @ X
@@ -136,27 +147,20 @@ def _flip_step(Y, g, max_flips, tol, warm_start: bool, state: FlipState) -> Flip
         gains = jnp.where(state.flipped, -jnp.inf, candidate_gains(state.B, state.P, state.C, g, jnp))
         j, best = select_flip(gains, cur, jnp)
     n, k = j // K, j % K
-    improve = best > tol * cur
-    wants = jnp.logical_or(sweep, improve)
-    capped = jnp.logical_and(wants, state.n_flips >= max_flips)
-    do_step = jnp.logical_and(wants, ~capped)
-    do_flip = jnp.logical_and(do_step, ~sweep)
     any_flipped = jnp.any(state.flipped)
+    out = step_outcome(sweep, best, cur, tol, any_flipped, state.n_flips, max_flips, jnp)
 
     onehot = (jnp.arange(N * K) == j).reshape(N, K)
     delta = jnp.where(jnp.where(sweep, bad, onehot), -2.0 * state.B, 0.0)
-    delta = jnp.where(do_step, delta, 0.0)
-    flipped = jnp.where(do_flip, state.flipped.at[n, k].set(True), state.flipped)
-    new_round = jnp.logical_and(~wants, any_flipped)
+    delta = jnp.where(out.do_step, delta, 0.0)
+    flipped = jnp.where(out.do_flip, state.flipped.at[n, k].set(True), state.flipped)
     # A local optimum ends this loop; with pair moves, search's outer loop decides whether to go on.
-    at_optimum = jnp.logical_and(~wants, ~any_flipped)
-    stop = jnp.logical_or(capped, at_optimum)
     return _update(Y, state, delta)._replace(  # one update for flips and sweeps alike
-        flipped=jnp.where(new_round, False, flipped),
-        n_flips=state.n_flips + do_step.astype(jnp.int32),
+        flipped=jnp.where(out.new_round, False, flipped),
+        n_flips=state.n_flips + out.do_step.astype(jnp.int32),
         steps=state.steps + 1,
-        done=stop,
-        converged=jnp.logical_and(at_optimum, ~capped),
+        done=jnp.logical_or(out.capped, out.at_optimum),
+        converged=jnp.logical_and(out.at_optimum, ~out.capped),
     )
 
 
@@ -165,9 +169,9 @@ def _pair_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
     N, K = state.B.shape
     cur = gram_nuclear(state.C, jnp)
     bit_a, bit_b, best = best_pair(Y, state.B, state.P, state.C, g, cur, jnp)
-    improve = jnp.logical_and(state.converged, best > tol * cur)
-    capped = jnp.logical_and(improve, state.n_flips >= max_flips)
-    do_pair = jnp.logical_and(improve, ~capped)
+    # best_pair's gain is -inf where pair moves do not apply (pair_moves_apply).
+    do_pair, improve, _ = pair_outcome(state.converged, True, best, cur, tol, state.n_flips,
+                                       max_flips, jnp)
     bits = jnp.arange(N * K).reshape(N, K)
     delta = jnp.where(jnp.logical_and(do_pair, (bits == bit_a) | (bits == bit_b)), -2.0 * state.B, 0.0)
     return _update(Y, state, delta)._replace(
@@ -178,9 +182,9 @@ def _pair_step(Y, g, max_flips, tol, state: FlipState) -> FlipState:
 
 COMPACT_FACTOR = 4
 """The flip loop moves the searches still running into a lane array this many times smaller once
-no more than that many are left (:func:`_flip_loop`). ``bench/results/compaction.md`` (CPU per call,
-64 x 16, K = 2, 8 starts): against 8, 0.81-0.88x for 64 problems, 0.96-0.97x for 16, 0.89-1.04x for
-one; 2 adds levels (each a gather and a loop) and was dearer for 1 and 16."""
+no more than that many are left (:func:`_flip_loop`). ``docs/decisions/0003-lane-compaction-factor-4.md``
+(CPU per call, 64 x 16, K = 2, 8 starts): against 8, 0.81-0.88x for 64 problems, 0.96-0.97x for 16,
+0.89-1.04x for one; 2 adds levels (each a gather and a loop) and was dearer for 1 and 16."""
 
 
 def _lane_levels(lanes: int) -> tuple[int, ...]:
@@ -328,11 +332,9 @@ def search_lanes(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
 
 
 def _prepare(X, G):
-    """One problem's search data and starts: the L2 start then ``sgn(X g)`` for each Gaussian draw."""
-    K = G.shape[-1]
+    """One problem's search data and starts (:func:`l1pca.kernels.reduce.iter_starts`), stacked."""
     Y, l2 = search_data(X, jnp)
-    l2 = l2_start_matrix(l2, K, jnp)[None]
-    return Y, jnp.concatenate([l2, sign(jnp.einsum("nd,sdk->snk", X, G), jnp)], axis=0)
+    return Y, jnp.stack(list(iter_starts(X, l2, G, jnp)))
 
 
 @functools.partial(jax.jit, static_argnames=("warm_start", "pair_moves"))

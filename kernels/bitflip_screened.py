@@ -6,7 +6,7 @@ Each step of the reference updates ``P = Y^T A`` (A = Y B) for every sample: a p
 data, 80 MB at N = 1e5, d = 100, and it is the whole cost of a step. Yet a step only needs the bits
 that could flip. Flipping bit (n, k) gains at most ``UB = -2 B[n, k] Z[n, k] + 2 g_n R_kk`` with ``R
 = C^(-1/2)``, ``Z = P R`` and ``g_n = ||y_n||^2``, because ``M -> tr sqrt(M)`` is concave
-(:func:`l1pca.kernels.bitflip.gain_bound_terms`, which ``select_flip_bounded`` uses too; for K = 1
+(:func:`l1pca.kernels.flip_rule.gain_bound_terms`, which ``select_flip_bounded`` uses too; for K = 1
 it is the exact gain's first-order term). :class:`_Screen` evaluates ``UB`` at a refresh and bounds
 how far it can have moved since from K-vectors only (Cauchy-Schwarz on the change of A and of R). A
 bit whose bound stays below ``-2 TIE_RTOL cur`` is never a sweep bit, never the best flip and never
@@ -14,14 +14,24 @@ in its tie band, so the step evaluates exactly only the rows that pass (typicall
 1e5), and refreshes in full when more than N / 16 pass; a refresh only needs bounds, so it runs in
 float32 with its rounding error added to them (:class:`_SinglePass`, 3-4x faster). Decisions are
 those of the reference: the same sweeps, flips, rounds, ties and pair moves
-(``tests/test_kernels_bitflip.py`` checks step counts and signs).
+(``tests/kernels/test_bitflip.py`` checks step counts and signs).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .bitflip import (TIE_RTOL, SearchResult, best_pair, candidate_gains, gain_bound_terms, gram_nuclear,
-                      inv_sqrt_gram, pair_moves_apply, select_flip, small_matmul)
+from .flip_rule import (
+    TIE_RTOL,
+    SearchResult,
+    candidate_gains,
+    gain_bound_terms,
+    gram_nuclear,
+    host_pair_move,
+    inv_sqrt_gram,
+    select_flip,
+    small_matmul,
+    step_outcome,
+)
 
 SCREEN_MIN_SAMPLES = 4096
 """Below this many samples a full pass is cheap and the reference runs as it is."""
@@ -68,26 +78,28 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
                 rows = screen.rows(A, R, cur)
             P = Yt[rows] @ A  # exact for every row that matters
         Br = B[rows]
+        bad = None
         if warm_start and bool(unique):
             bad = Br * small_matmul(P, R) < -0.5 * tol * cur  # sweep_mask on the candidate rows
+        sweep = bad is not None and bool(bad.any())
+        if sweep:
+            j, best = 0, -np.inf
+        else:
+            gains = np.where(flipped[rows], -np.inf, candidate_gains(Br, P, C, g[rows]))
+            j, best = select_flip(gains, cur) if gains.size else (0, -np.inf)
+        out = step_outcome(sweep, float(best), cur, tol, bool(flipped.any()), n_flips, max_flips)
+        if out.capped:
+            break
+        if out.do_step and sweep:
             hit = np.flatnonzero(bad.any(axis=1))
-            if hit.size:
-                if n_flips >= max_flips:
-                    break
-                delta = np.where(bad[hit], -2.0 * Br[hit], 0.0)
-                A += Y[:, rows[hit]] @ delta
-                B[rows[hit]] += delta
-                C = A.T @ A
-                if screen is not None:
-                    screen.dirty[rows[hit]] = True
-                n_flips += 1
-                continue
-        gains = np.where(flipped[rows], -np.inf, candidate_gains(Br, P, C, g[rows]))
-        j, best = select_flip(gains, cur) if gains.size else (0, -np.inf)
-        best = float(best)
-        if best > tol * cur:
-            if n_flips >= max_flips:
-                break
+            delta = np.where(bad[hit], -2.0 * Br[hit], 0.0)
+            A += Y[:, rows[hit]] @ delta
+            B[rows[hit]] += delta
+            C = A.T @ A
+            if screen is not None:
+                screen.dirty[rows[hit]] = True
+            n_flips += 1
+        elif out.do_flip:
             i, k = divmod(int(j), K)
             n = int(rows[i])
             s = float(B[n, k])
@@ -98,26 +110,17 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
             if screen is not None:
                 screen.dirty[n] = True
             n_flips += 1
-        elif bool(flipped.any()):
+        elif out.new_round:
             flipped[...] = False
             A = Y @ B
             C = A.T @ A
             screen = None
         else:
-            if not (pair_moves and bool(pair_moves_apply(g, K))):
-                converged = True
-                break
             # The pair check ranks every bit: exact P for all.
-            bit_a, bit_b, best = best_pair(Y, B, Yt @ A, C, g, cur)
-            if not float(best) > tol * cur:
-                converged = True
+            moved, converged = host_pair_move(Y, A, B, Yt @ A, C, g, cur, tol, n_flips, max_flips,
+                                              pair_moves)
+            if not moved:
                 break
-            if n_flips >= max_flips:
-                break
-            for bit in (int(bit_a), int(bit_b)):
-                n, k = divmod(bit, K)
-                A[:, k] -= 2.0 * float(B[n, k]) * Y[:, n]
-                B[n, k] = -B[n, k]
             C = A.T @ A
             screen = None
             n_flips += 1

@@ -5,10 +5,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .bitflip import DEFAULT_TOL
+from .errors import InputError
 from .fitting import fit_many
+from .model import Model
+from .options import DEFAULT_N_INIT, DEFAULT_TOL, SolveOptions
 from .scoring import residuals, sample_scores
-from .solve import DEFAULT_N_INIT
 
 
 class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
@@ -22,9 +23,9 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     ----------
     n_components : int, default=1
         Number of components K, ``1 <= K <= min(n_samples, n_features)``.
-    method : {"bitflip", "exact", "l2", "fixed-point", "non-greedy"}, default="bitflip"
-        Solver; see :func:`l1pca.kernels.solve`.
-    center : {"median", "mean"} or None, default="median"
+    method : str, default="bitflip"
+        Solver, one of :data:`l1pca.kernels.options.METHODS`; see :func:`l1pca.kernels.solve`.
+    center : {"median", "mean", "none"} or None, default="median"
         Centre subtracted before the fit. The coordinate-wise median is robust to outliers.
     n_init : int, default=8
         L1-BF starts (the L2-PCA start, then random ones).
@@ -59,6 +60,8 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     backend_ : str
         The backend that ran the fit.
     converged_ : bool
+    model_ : Model
+        The fitted record (:class:`l1pca.kernels.Model`): ``to_model()`` returns it.
 
     See Also
     --------
@@ -108,20 +111,42 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         ``progress(done, total)``, if given, is called as L1-BF starts finish.
         """
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1, reset=True)
-        fit = fit_many([X], self.n_components, method=self.method, center=self.center,
-                       n_init=self.n_init, seeds=[self.random_state], contamination=self.contamination,
-                       n_mad=self.n_mad, backend=self.backend, max_flips=self.max_flips, tol=self.tol,
-                       warm_start=self.warm_start, pair_moves=self.pair_moves, progress=progress)[0]
-        self.center_ = fit.center
-        self.components_ = fit.components
-        self.objective_ = fit.objective
-        self.n_flips_ = fit.n_flips
-        self.backend_ = fit.backend
-        self.converged_ = fit.converged
-        self.training_scores_ = fit.training_scores
-        self.threshold_ = fit.threshold
-        self.offset_ = self.threshold_
+        options = SolveOptions(method=self.method, n_init=self.n_init, backend=self.backend,
+                               max_flips=self.max_flips, tol=self.tol, warm_start=self.warm_start,
+                               pair_moves=self.pair_moves)
+        model = fit_many([X], self.n_components, options=options, center=self.center,
+                         seeds=[self.random_state], contamination=self.contamination,
+                         n_mad=self.n_mad, progress=progress)[0]
+        self._set_fitted(model)
         return self
+
+    def _set_fitted(self, model: Model):
+        """Every fitted attribute, from the one record of a fit (set in this place only)."""
+        self.model_ = model
+        self.center_ = model.center
+        self.components_ = model.components
+        self.objective_ = model.objective
+        self.n_flips_ = model.n_flips
+        self.backend_ = model.backend
+        self.converged_ = model.converged
+        self.training_scores_ = (np.empty(0) if model.training_scores is None
+                                 else model.training_scores)
+        self.threshold_ = model.threshold
+        self.offset_ = self.threshold_
+        self.n_features_in_ = model.n_features
+
+    @classmethod
+    def from_model(cls, model: Model):
+        """A fitted estimator that scores and transforms like ``model`` (a :class:`Model` from
+        :func:`l1pca.kernels.fitting.fit_many`, a file or the service)."""
+        est = cls(model.n_components, method=model.method)
+        est._set_fitted(model)
+        return est
+
+    def to_model(self) -> Model:
+        """The fitted :class:`Model` (to save, or to send to the service)."""
+        check_is_fitted(self)
+        return self.model_
 
     def _validated(self, X):
         check_is_fitted(self)
@@ -137,7 +162,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.components_.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"X must have shape (n_samples, {self.components_.shape[0]}); got {X.shape}"
             )
         return X @ self.components_ + self.center_

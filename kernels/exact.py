@@ -23,11 +23,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bitflip import gram_nuclear
+from .errors import InputError
+from .flip_rule import gram_nuclear
+from .options import MAX_CANDIDATES
 from .reduce import sign
-
-MAX_CANDIDATES = 5_000_000
-"""Default cap on sign matrices evaluated by ``method="exact"`` (seconds of work on one core)."""
 
 _MAX_AMBIGUOUS = 16  # entries resolved both ways per extreme ray (degenerate, e.g. duplicated samples)
 _CHUNK = 1 << 16
@@ -73,7 +72,7 @@ def plan(Y, n_components, *, max_candidates=MAX_CANDIDATES):
         strategy, m, build = "exhaustive", m_ex, m_ex
     evals = math.comb(m + n_components - 1, n_components)
     if max(evals, build) > max_candidates:
-        raise ValueError(
+        raise InputError(
             f"method='exact' would evaluate {max(evals, build):.3g} sign matrices for "
             f"n_samples={Y.shape[1]}, rank={r}, n_components={n_components}, above the limit "
             f"max_candidates={max_candidates:.3g}; use method='bitflip' or raise the limit"
@@ -108,7 +107,7 @@ def _polynomial_columns(Z):
             for row, amb in zip(proj, ambiguous):
                 j = np.flatnonzero(amb)
                 if j.size > _MAX_AMBIGUOUS:
-                    raise ValueError(
+                    raise InputError(
                         f"method='exact': {j.size} samples lie on one hyperplane (more than "
                         f"{_MAX_AMBIGUOUS}); the data are too degenerate for the polynomial search"
                     )

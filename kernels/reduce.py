@@ -68,13 +68,31 @@ def l2_start(Y, xp=np):
 
 
 def l2_start_matrix(signs, n_components, xp=np):
-    """The paper's L2-PCA start of L1-BF as an N x K sign matrix: ``signs`` (N,), those of the dominant
-    singular vector (:func:`search_data`, :func:`l2_start`), copied into all K columns. ``Y B`` is then rank one; the search's first single flips break the
-    tie (the fixed-point sweeps wait for a full-rank ``Y B``). This start finds the exact optimum more
-    often than the signs of the top-K singular vectors, one per column (85.7% against 84.3% of the
-    optimality benchmark's problems with one start).
+    """The paper's L2-PCA start of L1-BF as an N x K sign matrix: ``signs`` (N,), those of the
+    dominant singular vector (:func:`search_data`, :func:`l2_start`), copied into all K columns.
+    ``Y B`` is then rank one; the search's first single flips break the tie (the fixed-point sweeps
+    wait for a full-rank ``Y B``). This start finds the exact optimum more often than the signs of
+    the top-K singular vectors, one per column (85.7% against 84.3% of the optimality benchmark's
+    problems with one start).
     """
     return xp.repeat(signs[:, None], n_components, axis=1)
+
+
+def start_matrix(X, l2_signs, g, xp=np):
+    """One start of L1-BF as an N x K sign matrix, the one rule every search builds its starts by:
+    the L2-PCA start (:func:`l2_start_matrix` of ``l2_signs``) when ``l2_signs`` is given, else the
+    random start ``sgn(X g)`` for a Gaussian draw ``g`` (D x K)."""
+    if l2_signs is not None:
+        return l2_start_matrix(l2_signs, g.shape[-1], xp)
+    return sign(X @ g, xp)
+
+
+def iter_starts(X, l2_signs, G, xp=np):
+    """Every start of one problem, in order: the L2-PCA start, then ``sgn(X g)`` for each draw g of
+    ``G`` (n_init - 1, D, K). A generator, so the NumPy search holds one N x K start at a time."""
+    yield start_matrix(X, l2_signs, G[0] if G.shape[0] else xp.zeros(G.shape[1:]), xp)
+    for s in range(G.shape[0]):
+        yield start_matrix(X, None, G[s], xp)
 
 
 def sign(a, xp=np):

@@ -20,6 +20,9 @@ import numbers
 
 import numpy as np
 
+from .errors import InputError
+from .options import check_contamination
+
 MAD_SCALE = 1.4826
 
 
@@ -31,7 +34,7 @@ def center_of(X, center):
         return X.mean(axis=-2)
     if center is None or center == "none":
         return np.zeros(X.shape[:-2] + X.shape[-1:])
-    raise ValueError(f"center={center!r} is not one of 'median', 'mean', None")
+    raise InputError(f"center={center!r} is not one of 'median', 'mean', None")
 
 
 def residuals(X, center, components):
@@ -44,15 +47,6 @@ def residuals(X, center, components):
 def sample_scores(R):
     """Distance of each sample from the subspace: the row norms of the residual matrix."""
     return np.sqrt((R * R).sum(axis=-1))
-
-
-def check_contamination(contamination):
-    if contamination == "auto":
-        return contamination
-    if (isinstance(contamination, numbers.Real) and not isinstance(contamination, bool)
-            and 0.0 < contamination <= 0.5):
-        return float(contamination)
-    raise ValueError(f"contamination={contamination!r} must be 'auto' or a float in (0, 0.5]")
 
 
 def robust_threshold(scores, *, contamination="auto", n_mad=3.0):
@@ -69,7 +63,7 @@ def robust_threshold(scores, *, contamination="auto", n_mad=3.0):
     """
     contamination = check_contamination(contamination)
     if not (isinstance(n_mad, numbers.Real) and n_mad > 0):
-        raise ValueError(f"n_mad={n_mad!r} must be a positive number")
+        raise InputError(f"n_mad={n_mad!r} must be a positive number")
     scores = np.asarray(scores, dtype=np.float64)
     if contamination == "auto":
         med = np.median(scores, axis=-1, keepdims=True)

@@ -26,17 +26,29 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numpy as np
-
 import jax
 import jax.extend
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from .bitflip import (PAIR_CANDIDATES, PAIR_MAX_BITS, TIE_RTOL, candidate_gains, gram_nuclear,
-                      pair_candidates, pair_gains, select_flip, sweep_mask)
-from .reduce import l2_start, l2_start_matrix, sign
+from .errors import InputError, InputTypeError
+from .flip_rule import (
+    PAIR_CANDIDATES,
+    PAIR_MAX_BITS,
+    TIE_RTOL,
+    candidate_gains,
+    gram_nuclear,
+    pair_candidates,
+    pair_gains,
+    pair_outcome,
+    select_flip,
+    step_outcome,
+    sweep_mask,
+)
+from .reduce import l2_start, sign, start_matrix
 
 AXIS = "samples"
 _CHUNK_ROWS = 1 << 16  # rows read from a memory map per step when a shard is built
@@ -71,18 +83,18 @@ def make_mesh(devices="all") -> Mesh:
         chosen = available
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(available):
-            raise ValueError(f"devices={devices} must be in [1, {len(available)}] (devices present)")
+            raise InputError(f"devices={devices} must be in [1, {len(available)}] (devices present)")
         chosen = available[:devices]
     else:
         chosen = list(devices)
         if not chosen:
-            raise ValueError("devices must name at least one device")
+            raise InputError("devices must name at least one device")
     return Mesh(np.array(chosen), (AXIS,))
 
 
 def _check_mesh(mesh):
     if not isinstance(mesh, Mesh) or mesh.axis_names != (AXIS,):
-        raise ValueError(f"mesh must be a jax.sharding.Mesh with the single axis {AXIS!r}; got {mesh!r}")
+        raise InputError(f"mesh must be a jax.sharding.Mesh with the single axis {AXIS!r}; got {mesh!r}")
     return mesh
 
 
@@ -94,25 +106,25 @@ def shard_rows(X, mesh) -> tuple[jax.Array, int]:
     checked for finiteness on the way, so the whole matrix is never copied at once.
     """
     if len(getattr(X, "shape", ())) != 2:
-        raise ValueError(f"X must be 2-D (n_samples, n_features); got shape {getattr(X, 'shape', None)}")
+        raise InputError(f"X must be 2-D (n_samples, n_features); got shape {getattr(X, 'shape', None)}")
     n_dev = mesh.devices.size
     if isinstance(X, jax.Array):
         if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (n_samples, n_features); got shape {X.shape}")
+            raise InputError(f"X must be 2-D (n_samples, n_features); got shape {X.shape}")
         N = X.shape[0]
         pad = (-N) % n_dev
         with jax.enable_x64(True):
             Xj = jnp.pad(X.astype(jnp.float64), ((0, pad), (0, 0)))
             if not bool(jnp.isfinite(Xj).all()):
-                raise ValueError("X must be finite; found NaN or infinity")
+                raise InputError("X must be finite; found NaN or infinity")
             return jax.device_put(Xj, NamedSharding(mesh, P(AXIS, None))), N
     # Anything with shape, dtype and row slicing is read lazily (NumPy arrays, memory maps, and
     # RowChunks); other array-likes are converted.
     arr = X if all(hasattr(X, a) for a in ("shape", "dtype", "__getitem__")) else np.asarray(X)
     if np.dtype(arr.dtype).kind not in "biuf":
-        raise TypeError(f"X must hold real numbers (bool, int or float); got dtype {arr.dtype}")
+        raise InputTypeError(f"X must hold real numbers (bool, int or float); got dtype {arr.dtype}")
     if arr.ndim != 2 or 0 in arr.shape:
-        raise ValueError(f"X must be a non-empty 2-D array (n_samples, n_features); got shape {arr.shape}")
+        raise InputError(f"X must be a non-empty 2-D array (n_samples, n_features); got shape {arr.shape}")
     N, D = arr.shape
     Np = N + (-N) % n_dev
 
@@ -124,7 +136,7 @@ def shard_rows(X, mesh) -> tuple[jax.Array, int]:
             chunk = np.asarray(arr[a:b], dtype=np.float64)
             if not np.isfinite(chunk).all():
                 bad = np.argwhere(~np.isfinite(chunk))[0]
-                raise ValueError(f"X must be finite; found {chunk[tuple(bad)]} at row {a + bad[0]}, "
+                raise InputError(f"X must be finite; found {chunk[tuple(bad)]} at row {a + bad[0]}, "
                                  f"column {bad[1]}")
             out[a - lo:b - lo] = chunk
         return out
@@ -176,11 +188,9 @@ def _step(Y_l, g_l, max_flips, tol, warm_start, pair_moves, state: ShardState) -
     tie = flat >= best - TIE_RTOL * cur
     big = jnp.iinfo(jnp.int32).max
     j = lax.pmin(jnp.where(jnp.any(tie), offset + jnp.argmax(tie), big).astype(jnp.int32), AXIS)
-    improve = best > tol * cur
-    wants = jnp.logical_or(sweep, improve)
-    capped = jnp.logical_and(wants, state.n_flips >= max_flips)
-    do_step = jnp.logical_and(wants, ~capped)
-    do_flip = jnp.logical_and(do_step, ~sweep)
+    any_flipped = state.round_flips > 0
+    out = step_outcome(sweep, best, cur, tol, any_flipped, state.n_flips, max_flips, jnp)
+    do_step, do_flip = out.do_step, out.do_flip
 
     local = j - offset
     mine = jnp.logical_and(local >= 0, local < n_l * K)
@@ -193,18 +203,15 @@ def _step(Y_l, g_l, max_flips, tol, warm_start, pair_moves, state: ShardState) -
     A = state.A + lax.psum(Y_l @ delta, AXIS)
     here = jnp.logical_and(do_flip, mine)
     flipped = jnp.where(here, state.flipped.at[n, k].set(True), state.flipped)
-    any_flipped = state.round_flips > 0
-    new_round = jnp.logical_and(~wants, any_flipped)
-    at_optimum = jnp.logical_and(~wants, ~any_flipped)
     # With pair moves a local optimum does not end the loop: the next iteration is a pair step.
-    stop = jnp.logical_or(capped, jnp.logical_and(at_optimum, not pair_moves))
+    stop = jnp.logical_or(out.capped, jnp.logical_and(out.at_optimum, not pair_moves))
     return ShardState(
         B=state.B + delta, P=Y_l.T @ A,
-        flipped=jnp.where(new_round, False, flipped),
+        flipped=jnp.where(out.new_round, False, flipped),
         A=A, C=A.T @ A,
-        round_flips=jnp.where(new_round, 0, state.round_flips + do_flip.astype(jnp.int32)),
+        round_flips=jnp.where(out.new_round, 0, state.round_flips + do_flip.astype(jnp.int32)),
         n_flips=state.n_flips + do_step.astype(jnp.int32),
-        steps=state.steps + 1, done=stop, converged=jnp.logical_and(at_optimum, ~capped),
+        steps=state.steps + 1, done=stop, converged=jnp.logical_and(out.at_optimum, ~out.capped),
     )
 
 
@@ -242,9 +249,8 @@ def _pair_step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
     j = j.astype(jnp.int32)
     T = order.shape[0]
     a, b = j // T, j % T
-    improve = jnp.logical_and(state.converged, jnp.logical_and(small, best > tol * cur))
-    capped = jnp.logical_and(improve, state.n_flips >= max_flips)
-    do_pair = jnp.logical_and(improve, ~capped)
+    do_pair, improve, _ = pair_outcome(state.converged, small, best, cur, tol, state.n_flips,
+                                       max_flips, jnp)
     eye = jnp.eye(K)
     dA = -2.0 * (sc[a] * Yc[a][:, None] * eye[kc[a]][None, :] + sc[b] * Yc[b][:, None] * eye[kc[b]][None, :])
     A = jnp.where(do_pair, state.A + dA, state.A)
@@ -259,9 +265,8 @@ def _pair_step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
 
 def _search_local(X_l, g, max_flips, tol, *, warm_start, pair_moves, use_l2):
     """One start, per shard. ``g`` (D, K): the Gaussian draw of a random start (unused for L2)."""
-    K = g.shape[1]
     Y_l = _reduce(X_l)
-    B = l2_start_matrix(l2_start(Y_l, jnp), K, jnp) if use_l2 else sign(X_l @ g, jnp)
+    B = start_matrix(X_l, l2_start(Y_l, jnp) if use_l2 else None, g, jnp)
     A = lax.psum(Y_l @ B, AXIS)
     zero = jnp.array(0, jnp.int32)
     state = ShardState(B=B, P=Y_l.T @ A, flipped=jnp.zeros(B.shape, bool), A=A, C=A.T @ A,
@@ -311,7 +316,7 @@ def search_sharded(Xs, n_rows, n_components, G, *, mesh, max_flips, tol, warm_st
     K = n_components
     D = Xs.shape[1]
     if Xs.shape[0] < D:
-        raise ValueError(f"the sharded path needs n_samples >= n_features; got {n_rows} x {D}")
+        raise InputError(f"the sharded path needs n_samples >= n_features; got {n_rows} x {D}")
     best, flips = None, 0
     with jax.enable_x64(True):
         args = (jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64))
@@ -353,7 +358,7 @@ def initialize_distributed(coordinator=None, num_processes=None, process_id=None
     missing = [n for n, v in (("L1PCA_COORDINATOR", coordinator), ("L1PCA_NUM_PROCESSES", num_processes),
                               ("L1PCA_PROCESS_ID or JOB_COMPLETION_INDEX", process_id)) if v in (None, "")]
     if missing:
-        raise ValueError(f"multi-host start needs {', '.join(missing)}")
+        raise InputError(f"multi-host start needs {', '.join(missing)}")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num_processes),
                                process_id=int(process_id))
     return jax.process_index()

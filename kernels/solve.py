@@ -7,31 +7,21 @@ through :func:`_finish` so all report the same quantities the same way.
 """
 from __future__ import annotations
 
-import math
-import numbers
 import sys
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 
 from . import backends
-from ._validation import (
-    METHODS,
-    BACKENDS,
-    check_choice,
-    check_matrix_peak,
-    check_n_components,
-    check_positive_int,
-    check_random_state,
-)
+from ._validation import check_matrix_peak, check_n_components, check_random_state
 from .baselines import fixed_point_greedy, fixed_point_nongreedy, l2_pca
-from .bitflip import DEFAULT_TOL, bitflip_search, default_max_flips
-from .exact import MAX_CANDIDATES, exact_search
-from .reduce import l2_start_matrix, procrustes, reduce_rank, search_data, sign
-
-DEFAULT_N_INIT = 8
-"""Starts of L1-BF: the L2-PCA start and seven random ones (``bench/optimality.py`` shows why)."""
+from .bitflip import bitflip_search
+from .bitflip_screened import SCREEN_MIN_SAMPLES, search_screened
+from .errors import InputError
+from .exact import exact_search
+from .flip_rule import default_max_flips
+from .options import DEFAULT_N_INIT, DEFAULT_TOL, MAX_CANDIDATES, SolveOptions
+from .reduce import iter_starts, procrustes, reduce_rank, search_data, sign
 
 MIN_BUCKET = 8
 """Smallest padded size of a shape bucket (rows and columns) on the batched JAX path."""
@@ -143,15 +133,13 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
     >>> res.components.shape, round(res.objective, 3)
     ((2, 1), 6.955)
     """
+    opts = SolveOptions(method=method, n_init=n_init, backend=backend, max_flips=max_flips, tol=tol,
+                        warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates)
     if devices is not None or mesh is not None:
-        return _solve_sharded(X, n_components, method=method, n_init=n_init, backend=backend,
-                              random_state=random_state, max_flips=max_flips, tol=tol,
-                              warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
-                              progress=progress, devices=devices, mesh=mesh)
-    return _solve_many([X], n_components, method=method, n_init=n_init, backend=backend,
-                       random_state=random_state, max_flips=max_flips, tol=tol,
-                       warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
-                       names=["X"], progress=progress)[0]
+        return _solve_sharded(X, n_components, opts, random_state=random_state, progress=progress,
+                              devices=devices, mesh=mesh)
+    return solve_many([X], n_components, opts, random_state=random_state, names=["X"],
+                      progress=progress)[0]
 
 
 def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
@@ -166,49 +154,38 @@ def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, 
     equals ``solve(Xs[i], random_state=s)``; a sequence gives one seed per matrix; a Generator is
     drawn from in order.
     """
+    opts = SolveOptions(method=method, n_init=n_init, backend=backend, max_flips=max_flips, tol=tol,
+                        warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates)
     Xs = list(Xs)
-    return _solve_many(Xs, n_components, method=method, n_init=n_init, backend=backend,
-                       random_state=random_state, max_flips=max_flips, tol=tol,
-                       warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
-                       names=[f"Xs[{i}]" for i in range(len(Xs))], progress=progress)
+    return solve_many(Xs, n_components, opts, random_state=random_state,
+                      names=[f"Xs[{i}]" for i in range(len(Xs))], progress=progress)
 
 
-def _solve_sharded(X, n_components, *, method, n_init, backend, random_state, max_flips, tol,
-                   warm_start, pair_moves, max_candidates, progress, devices, mesh):
+def _solve_sharded(X, n_components, opts: SolveOptions, *, random_state, progress, devices, mesh):
     from . import sharded
 
-    _check_options(method, n_init, backend, max_flips, tol, max_candidates)
-    if method != "bitflip" or backend not in ("auto", "jax"):
-        raise ValueError(f"devices/mesh shard L1-BF over JAX devices: method must be 'bitflip' and "
-                         f"backend 'auto' or 'jax'; got method={method!r}, backend={backend!r}")
+    if opts.method != "bitflip" or opts.backend not in ("auto", "jax"):
+        raise InputError(f"devices/mesh shard L1-BF over JAX devices: method must be 'bitflip' and "
+                         f"backend 'auto' or 'jax'; got method={opts.method!r}, "
+                         f"backend={opts.backend!r}")
     mesh = sharded.make_mesh(devices) if mesh is None else sharded._check_mesh(mesh)
     Xs, N = sharded.shard_rows(X, mesh)
     D = Xs.shape[1]
     K = check_n_components(n_components, N, D)
-    G = check_random_state(random_state).standard_normal((n_init - 1, D, K))
-    cap = max_flips if max_flips is not None else default_max_flips(N, K)
+    G = check_random_state(random_state).standard_normal((opts.n_init - 1, D, K))
+    cap = opts.max_flips if opts.max_flips is not None else default_max_flips(N, K)
     B, M, flips, conv, column_l1 = sharded.search_sharded(
-        Xs, N, K, G, mesh=mesh, max_flips=cap, tol=tol, warm_start=warm_start, pair_moves=pair_moves)
-    _Ticker(progress, total=n_init)(n_init)
+        Xs, N, K, G, mesh=mesh, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
+        pair_moves=opts.pair_moves)
+    _Ticker(progress, total=opts.n_init)(opts.n_init)
     Q = procrustes(M)
     return _canonical(Q, B, column_l1(Q), "jax", "bitflip", n_flips=flips, converged=conv)
-
-
-def _check_options(method, n_init, backend, max_flips, tol, max_candidates):
-    check_choice(method, "method", METHODS)
-    check_choice(backend, "backend", BACKENDS)
-    check_positive_int(n_init, "n_init")
-    check_positive_int(max_candidates, "max_candidates")
-    if max_flips is not None:
-        check_positive_int(max_flips, "max_flips", minimum=0)
-    if not isinstance(tol, numbers.Real) or not (0.0 <= tol < 1.0) or math.isnan(tol):
-        raise ValueError(f"tol={tol!r} must be a float in [0, 1)")
 
 
 def _rngs(random_state, count):
     if isinstance(random_state, (list, tuple)):
         if len(random_state) != count:
-            raise ValueError(
+            raise InputError(
                 f"random_state has {len(random_state)} seeds for {count} matrices; give one per matrix"
             )
         return [check_random_state(r) for r in random_state]
@@ -217,9 +194,12 @@ def _rngs(random_state, count):
     return [check_random_state(random_state) for _ in range(count)]
 
 
-def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_flips, tol,
-                warm_start, pair_moves, max_candidates, names, progress=None):
-    _check_options(method, n_init, backend, max_flips, tol, max_candidates)
+def solve_many(Xs, n_components, opts: SolveOptions, *, random_state=None, names=None,
+               progress=None):
+    """:func:`solve_batch` with the options as one :class:`~l1pca.kernels.options.SolveOptions`
+    (validated when it was made): what :func:`l1pca.kernels.fitting.fit_many` calls."""
+    if names is None:
+        names = [f"Xs[{i}]" for i in range(len(Xs))]
     checked = [check_matrix_peak(X, name=name) for X, name in zip(Xs, names)]
     mats = [X for X, _ in checked]
     for X in mats:
@@ -235,10 +215,7 @@ def _solve_many(Xs, n_components, *, method, n_init, backend, random_state, max_
     # commutes with rounding), so large matrices are not copied for it.
     scales = [_pow2_scale(peak) for _, peak in checked]
     mats = [X if sc == 1.0 else X / sc for X, sc in zip(mats, scales)]
-    results = _solve_scaled(mats, K, method=method, n_init=n_init, backend=backend,
-                            random_state=random_state, max_flips=max_flips, tol=tol,
-                            warm_start=warm_start, pair_moves=pair_moves,
-                            max_candidates=max_candidates, progress=progress)
+    results = _solve_scaled(mats, K, opts, random_state=random_state, progress=progress)
     return [res if sc == 1.0 else replace(res, objective=res.objective * sc)
             for res, sc in zip(results, scales)]
 
@@ -249,34 +226,31 @@ def _pow2_scale(peak):
     return float(2.0 ** np.floor(np.log2(peak)))
 
 
-def _solve_scaled(mats, K, *, method, n_init, backend, random_state, max_flips, tol, warm_start,
-                  pair_moves, max_candidates, progress):
+def _solve_scaled(mats, K, opts: SolveOptions, *, random_state, progress):
+    method = opts.method
     if method != "bitflip":
-        backends.resolve(backend, method)  # rejects e.g. backend="jax" with method="exact"
+        backends.resolve(opts.backend, method)  # rejects e.g. backend="jax" with method="exact"
         run = {"exact": _run_exact, "l2": _run_l2, "fixed-point": _run_greedy,
                "non-greedy": _run_nongreedy}[method]
-        return [run(X, K, max_candidates=max_candidates) for X in mats]
+        return [run(X, K, max_candidates=opts.max_candidates) for X in mats]
 
     rngs = _rngs(random_state, len(mats))
-    draws = [rng.standard_normal((n_init - 1, X.shape[1], K)) for rng, X in zip(rngs, mats)]
+    draws = [rng.standard_normal((opts.n_init - 1, X.shape[1], K)) for rng, X in zip(rngs, mats)]
     results: list[SolveResult | None] = [None] * len(mats)
     buckets: dict[tuple[int, int], list[int]] = {}
     for i, X in enumerate(mats):
         buckets.setdefault(bucket_shape(*X.shape), []).append(i)
-    tick = _Ticker(progress, total=len(mats) * n_init)
+    tick = _Ticker(progress, total=len(mats) * opts.n_init)
     for shape, idx in buckets.items():
-        compiled = _jax_compiled((jax_batch_size(len(idx)), *shape, K, n_init, bool(warm_start),
-                                 bool(pair_moves)))
-        name = backends.resolve(backend, method, batch_size=len(idx), compiled=compiled,
+        compiled = _jax_compiled((jax_batch_size(len(idx)), *shape, K, opts.n_init,
+                                  opts.warm_start, opts.pair_moves))
+        name = backends.resolve(opts.backend, method, batch_size=len(idx), compiled=compiled,
                                 n_components=K)
         if name == "jax":
-            outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K,
-                                max_flips, tol, warm_start, pair_moves)
-            tick(len(idx) * n_init)
+            outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K, opts)
+            tick(len(idx) * opts.n_init)
         else:
-            outs = [_bitflip_host(mats[i], draws[i], K, max_flips, tol, warm_start, pair_moves,
-                                  name, tick)
-                    for i in idx]
+            outs = [_bitflip_host(mats[i], draws[i], K, opts, name, tick) for i in idx]
         for sub, stack in equal_shapes([mats[i] for i in idx]):  # one call per step for each shape
             Bs = np.stack([outs[j][0] for j in sub])
             Q = procrustes(np.swapaxes(stack, -1, -2) @ Bs)
@@ -334,20 +308,31 @@ class _Ticker:
             self.callback(self.done, self.total)
 
 
-def _bitflip_host(X, G, K, max_flips, tol, warm_start, pair_moves, name, tick):
-    """NumPy reference, or the same body on CuPy arrays."""
+def host_search(Y, B0, opts: SolveOptions, xp=np):
+    """One start of L1-BF on NumPy or CuPy: the screened search
+    (:mod:`l1pca.kernels.bitflip_screened`) on NumPy from :data:`SCREEN_MIN_SAMPLES` samples, where a
+    step's full pass over the data is the whole cost, else the reference search. Both take the same
+    steps (``tests/kernels/test_bitflip.py``)."""
+    N, K = B0.shape
+    cap = opts.max_flips if opts.max_flips is not None else default_max_flips(N, K)
+    if xp is np and N >= SCREEN_MIN_SAMPLES:
+        return search_screened(Y, B0, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
+                               pair_moves=opts.pair_moves)
+    return bitflip_search(Y, B0, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
+                          pair_moves=opts.pair_moves, xp=xp)
+
+
+def _bitflip_host(X, G, K, opts: SolveOptions, name, tick):
+    """Every start on NumPy, or the same body on CuPy arrays; the best one kept."""
     if name == "cupy":
         import cupy as xp
     else:
         xp = np
     Xd = xp.asarray(X)
     Y, l2 = search_data(Xd, xp)
-    starts = [l2_start_matrix(l2, K, xp)]
-    starts += [sign(Xd @ xp.asarray(g), xp) for g in G]
     best, flips = None, 0
-    for B0 in starts:
-        res = bitflip_search(Y, B0, max_flips=max_flips, tol=tol, warm_start=warm_start,
-                             pair_moves=pair_moves, xp=xp)
+    for B0 in iter_starts(Xd, l2, xp.asarray(G), xp):
+        res = host_search(Y, B0, opts, xp)
         flips += res.n_flips
         tick()
         if best is None or res.value > best.value:
@@ -356,20 +341,20 @@ def _bitflip_host(X, G, K, max_flips, tol, warm_start, pair_moves, name, tick):
     return np.asarray(B), flips, best.converged
 
 
-def _bitflip_jax(mats, draws, shape, K, max_flips, tol, warm_start, pair_moves):
+def _bitflip_jax(mats, draws, shape, K, opts: SolveOptions):
     from .bitflip_jax import solve_bucket
 
-    Np, Dp = shape
     # The batch axis is padded to a power of two too (with zero matrices, which stop at once), so
     # that one compiled program serves every batch size up to it.
-    X = np.zeros((jax_batch_size(len(mats)), Np, Dp))
-    G = np.zeros((X.shape[0], draws[0].shape[0], Dp, K))
+    X = np.zeros((jax_batch_size(len(mats)), *shape))
+    G = np.zeros((X.shape[0], draws[0].shape[0], shape[1], K))
     for j, (Xi, Gi) in enumerate(zip(mats, draws)):
         X[j, :Xi.shape[0], :Xi.shape[1]] = Xi
         G[j, :, :Xi.shape[1]] = Gi
-    cap = max_flips if max_flips is not None else max(default_max_flips(Xi.shape[0], K) for Xi in mats)
-    B, _, flips, conv = solve_bucket(X, G, max_flips=cap, tol=tol, warm_start=warm_start,
-                                     pair_moves=pair_moves)
+    cap = opts.max_flips if opts.max_flips is not None \
+        else max(default_max_flips(Xi.shape[0], K) for Xi in mats)
+    B, _, flips, conv = solve_bucket(X, G, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
+                                     pair_moves=opts.pair_moves)
     return [(B[j, :Xi.shape[0]], int(flips[j]), bool(conv[j])) for j, Xi in enumerate(mats)]
 
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Hashable, Sequence
+from typing import Any
 
 from .errors import DeadlineExceeded, Overloaded, Unavailable
 
@@ -193,7 +194,7 @@ class Batcher:
         self._wakeup.set()
         # One timer per request fails it at its deadline (_deadline_passed), and the caller awaits
         # the request's own future: asyncio.wait_for over a shield built three futures, a timer and
-        # five callbacks per request (bench/request_path.py).
+        # five callbacks per request (docs/decisions/0008-request-path-per-call-work.md).
         timer = None if item.deadline is None else \
             loop.call_at(item.deadline, self._deadline_passed, item)
         try:

@@ -108,7 +108,7 @@ FLAGS = (
      "with a solver process, split a partial batch for an idle solver in two and send the second "
      "half ahead to its pipe, then send ahead any batch as large as the one computing, so that "
      "a few clients calling in step keep the solver busy (on or off; off: only full batches go "
-     "ahead; on: 1.4x at 4 clients, 0.88-1.07x at 16 and 64, bench/results/service_load_split.md)"),
+     "ahead; see docs/decisions/0005-split-batches-off.md)"),
     ("--max-queue", _positive_int, "1024",
      "most requests waiting; beyond it RESOURCE_EXHAUSTED at once"),
     ("--workers", _positive_int, "1", "solver threads (batches computing at once)"),
@@ -119,8 +119,8 @@ FLAGS = (
      "thread; off: none)"),
     ("--solver-threads", _non_negative_int, "1",
      "threads of JAX's CPU backend in the server and in each solver process (0 = one per CPU, "
-     "XLA's default): 1 spends about a third less CPU on batches of small matrices; more shortens "
-     "a lone fit of a large matrix on a many-core node"),
+     "XLA's default): 1 suits batches of small matrices; more shortens a lone fit of a large "
+     "matrix on a many-core node"),
     ("--max-concurrent-rpcs", _non_negative_int, "0",
      "most calls handled at once; gRPC refuses more with RESOURCE_EXHAUSTED before reading them "
      "(0 = max-queue + workers x max-batch-size + 64, twice the workers with solver processes: each "
@@ -155,8 +155,8 @@ FLAGS = (
     ("--reflection", _on_off, "on", "serve gRPC reflection (on or off)"),
     ("--compile-cache-dir", str, "~/.cache/l1pca/jax",
      "directory where JAX keeps the compiled solver programs, so that a restart's warm-up loads "
-     "them instead of compiling (66-70 s -> 15-18 s on a 2-core node); machine code for this CPU: one "
-     "directory per node or CPU model, never one shared across CPU models (empty: off)"),
+     "them instead of compiling; machine code for this CPU: one directory per node or CPU model, "
+     "never one shared across CPU models (empty: off)"),
     ("--compile-cache-max-mb", _positive_int, "256",
      "size bound of --compile-cache-dir; the least recently used programs are deleted beyond it"),
 )
@@ -236,20 +236,49 @@ def add_serve_arguments(parser, environ=None):
     return parser
 
 
-def add_serve_parser(subparsers):
-    """The ``serve`` subcommand of the ``l1pca`` CLI; its ``run(args)`` returns the exit status."""
-    p = subparsers.add_parser(
-        "serve", help="run the gRPC service",
+def build_parser(prog="l1pca serve", environ=None):
+    """The parser of ``l1pca serve``: every flag of :data:`FLAGS`."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
         description="Run the l1pca gRPC service (L1PCA, health, reflection) with dynamic batching "
                     "and Prometheus metrics. Every flag can also be set with the environment "
-                    "variable named in its help.",
-    )
-    add_serve_arguments(p)
-    p.set_defaults(run=run)
-    return p
+                    "variable named in its help.")
+    return add_serve_arguments(parser, environ)
 
 
-def run(args) -> int:
-    from .server import serve
+def flags_markdown() -> str:
+    """The flags as a Markdown table (docs/service.md holds it; ``make docs`` rewrites it and a
+    test checks that it is current)."""
+    rows = ["| flag | environment | default | what it does |", "|---|---|---|---|"]
+    for flag, _, default, help_text in FLAGS:
+        choices = CHOICES.get(flag)
+        text = (help_text + (f" (one of {', '.join(choices)})" if choices else "")).replace("|", "\\|")
+        rows.append(f"| `{flag}` | `{env_name(flag)}` | `{default}` | {text} |")
+    return "\n".join(rows) + "\n"
 
-    return serve(ServeConfig.from_args(args))
+
+FLAGS_BEGIN = "<!-- flags:begin"
+FLAGS_END = "<!-- flags:end -->"
+
+
+def write_flags_doc(path) -> bool:
+    """Put :func:`flags_markdown` between the flags markers of the Markdown file at ``path``;
+    True when the file changed (``make docs``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text()
+    start = text.index(FLAGS_BEGIN)
+    head_end = text.index("\n", start) + 1
+    end = text.index(FLAGS_END, head_end)
+    new = text[:head_end] + flags_markdown() + text[end:]
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m l1pca.service.config docs/service.md
+    import sys
+
+    for target in sys.argv[1:]:
+        print(f"{target}: {'rewritten' if write_flags_doc(target) else 'already current'}")

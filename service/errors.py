@@ -1,7 +1,9 @@
 """Domain errors of the service and the one place that maps them to gRPC status codes.
 
-Handlers and the batcher raise :class:`ServiceError` subclasses; :class:`StatusInterceptor` turns them
-into the call's status (and records the call's code and latency). Anything else is a bug: it becomes
+Handlers and the batcher raise :class:`ServiceError` subclasses, and the kernels'
+:class:`l1pca.kernels.InputError` means bad input; :class:`StatusInterceptor` turns them into the
+call's status (INVALID_ARGUMENT for bad input) and records the call's code and latency. Anything else
+(a ``ValueError`` from a solver included) is a bug: it becomes
 ``INTERNAL`` with a short reference, the traceback goes to the log (never to the caller), and the
 server goes on serving. The interceptor also deserialises the request itself, so that bytes that
 are not a valid message answer ``INVALID_ARGUMENT`` (gRPC's own deserialiser answers ``INTERNAL``).
@@ -14,6 +16,8 @@ import time
 import uuid
 
 import grpc
+
+from l1pca.kernels import InputError
 
 log = logging.getLogger("l1pca.service")
 
@@ -71,7 +75,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self._inflight = inflight
         self._prefix = prefix
         # gRPC asks for the handler on every call; the wrapped one is built once per method (and
-        # per handler object found for it), not per call (bench/request_path.py).
+        # per handler object found for it), not per call (docs/decisions/0008-request-path-per-call-work.md).
         self._wrapped = {}
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -109,6 +113,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
             except ServiceError as exc:
                 code, details = exc.code, str(exc)
+            except InputError as exc:  # the caller's input, refused by a check
+                code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
             except asyncio.CancelledError:
                 remaining = context.time_remaining()
                 code = (grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0

@@ -1,32 +1,33 @@
 """The ``l1pca.v1.L1PCA`` servicer: decode and check requests, queue fits, encode answers.
 
-Decoding and checks (:mod:`l1pca.client.wire`, :mod:`l1pca.kernels._validation`) of a fit request
+Decoding and checks (:mod:`l1pca.proto.wire`, :mod:`l1pca.kernels._validation`) of a fit request
 run on the event loop when its matrix is small (tens of microseconds, less than a thread hop) and in
 a small thread pool otherwise, since a matrix near the size limit takes milliseconds to check. Fits
-go through the :class:`~l1pca.service.batcher.Batcher` to the solver threads; transforms and scores
-use the :class:`l1pca.client.Model` functions (the same scoring code as the estimator) in the thread
-pool. No solver work runs on the event loop.
+go through the :class:`~l1pca.service.batcher.Batcher` to the
+:class:`~l1pca.service.executor.FitExecutor`; transforms and scores use the
+:class:`l1pca.kernels.Model` functions (the same scoring code as the estimator) in the thread pool.
+No solver work runs on the event loop.
 
-Every input error raises :class:`InvalidArgument` whose message names the field and the value.
+Checks raise :class:`l1pca.kernels.InputError` (bad input), which the status interceptor
+(:mod:`l1pca.service.errors`) answers with INVALID_ARGUMENT; any other exception is a defect and
+becomes INTERNAL, with its traceback logged.
 """
 from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from l1pca.client import wire
-from l1pca.client.model import Model
-from l1pca.kernels import bucket_shape, scoring
+from l1pca.kernels import InputError, bucket_shape, scoring
 from l1pca.kernels._validation import check_matrix, check_n_components
+from l1pca.proto import wire
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
 
 from .errors import InvalidArgument, Unavailable
-from .runner import FitKey
-
+from .executor import FitKey
 
 INLINE_BYTES = 64 * 1024
 """Requests whose matrix is smaller than this are decoded and checked on the event loop (tens of
@@ -46,14 +47,6 @@ class _FitJob:
     X: np.ndarray
     seed: int
     dtype: np.dtype
-
-
-def _checked(fn, *args):
-    """Run a decoding/check step; its ValueError/TypeError is the caller's fault."""
-    try:
-        return fn(*args)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(str(exc)) from None
 
 
 class L1PCAServicer(pb_grpc.L1PCAServicer):
@@ -83,8 +76,8 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
         :data:`INLINE_BYTES` (a thread hop then costs more than the work)."""
         self._check_ready()
         if size is not None and size < INLINE_BYTES:
-            return _checked(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _checked, fn, *args)
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _check_ready(self):
         if not self._is_ready():
@@ -95,7 +88,7 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
         job = await self._off_loop(self._prepare_fit, request.x, request.options,
                                    size=len(request.x.data))
         res = await self._fit(job, context)
-        return pb.FitResponse(model=wire.encode_fit_result(res, seed=job.seed))
+        return pb.FitResponse(model=wire.encode_model(replace(res, seed=job.seed)))
 
     async def Transform(self, request, context):
         return await self._off_loop(self._transform, request)
@@ -131,7 +124,7 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
         opts = wire.decode_options(options_msg, max_n_init=self._limits.max_n_init)
         try:
             check_n_components(opts["n_components"], *X.shape)
-        except ValueError as exc:
+        except InputError as exc:
             raise InvalidArgument(f"options.{exc}") from None
         seed = opts["seed"] if opts["seed"] is not None else secrets.randbits(63)
         key = FitKey(method=opts["method"], n_components=opts["n_components"], n_init=opts["n_init"],
@@ -160,13 +153,9 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
             model = self._model_for(request.model, X)
             model_msg = request.model
         else:
-            X, dtype, seed = job.X, job.dtype, job.seed
-            model = Model(components=fitted.components, center=fitted.center,
-                          threshold=fitted.threshold, method=fitted.method,
-                          objective=fitted.objective, n_samples=fitted.n_samples,
-                          backend=fitted.backend, n_flips=fitted.n_flips,
-                          converged=fitted.converged, extra={"seed": seed})
-            model_msg = wire.encode_fit_result(fitted, seed=seed)
+            X, dtype = job.X, job.dtype
+            model = replace(fitted, seed=job.seed)
+            model_msg = wire.encode_model(model)
         entries = model.score_entries(X)
         scores = scoring.sample_scores(entries)  # |r| squared is r squared: the model's own scores
         out = pb.ScoreOutliersResponse(

@@ -26,7 +26,14 @@ name                                  type       labels                    meani
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                      1.0, 2.5, 5.0, 10.0, 25.0, 60.0)
@@ -98,7 +105,7 @@ class ServiceMetrics:
     def observe_call(self, method, code, seconds):
         """A finished call (:class:`l1pca.service.errors.StatusInterceptor` calls this)."""
         # The labelled series of each (method, code), looked up once: ``labels()`` validates and
-        # locks on every call, a cost paid per request (bench/request_path.py).
+        # locks on every call, a cost paid per request (docs/decisions/0008-request-path-per-call-work.md).
         series = self._call_series.get((method, code))
         if series is None:
             series = self._call_series[(method, code)] = (self.requests.labels(method, code.name),

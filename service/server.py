@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -33,18 +34,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from l1pca.client.wire import METHOD_ENUMS
 from l1pca.kernels import DEFAULT_N_INIT
+from l1pca.proto.wire import METHOD_ENUMS
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
 
 from .auth import AuthInterceptor, TokenFile
 from .batcher import Batcher
 from .config import ServeConfig
-from .errors import StatusInterceptor, Unavailable
+from .errors import StatusInterceptor
+from .executor import FitExecutor
+from .faults import FAULT_INJECT_ENV
 from .handlers import L1PCAServicer, Limits
 from .metrics import ServiceMetrics, start_http
-from .runner import FAULT_INJECT_ENV, SolveClock, SolverRunner
 from .tls import server_credentials
 
 log = logging.getLogger("l1pca.service")
@@ -70,7 +72,7 @@ class L1PCAServer:
     ----------
     config : ServeConfig
     fault_inject : str, optional
-        Tests only (see :data:`l1pca.service.runner.FAULT_INJECT_ENV`).
+        Tests only (see :data:`l1pca.service.faults.FAULT_INJECT_ENV`).
 
     Attributes
     ----------
@@ -100,24 +102,24 @@ class L1PCAServer:
         credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)  # read first:
         if cfg.auth_token_file:                                                         # bad files
             self.tokens = TokenFile(cfg.auth_token_file)                                # fail fast
-        self.runner = SolverRunner(cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size,
-                                   metrics=self.metrics, fault_inject=self._fault_inject,
-                                   sharded_min_rows=cfg.sharded_min_rows,
-                                   solver_process=cfg.solver_process,
-                                   solver_threads=cfg.solver_threads,
-                                   compile_cache=(cfg.compile_cache_dir, cfg.compile_cache_max_mb
-                                                  * 2**20) if cfg.compile_cache_dir else None)
+        cache = (cfg.compile_cache_dir, cfg.compile_cache_max_mb * 2**20) \
+            if cfg.compile_cache_dir else None
+        self.executor = FitExecutor(
+            cfg.backend, workers=cfg.workers, max_batch_size=cfg.max_batch_size, metrics=self.metrics,
+            fault_inject=self._fault_inject, sharded_min_rows=cfg.sharded_min_rows,
+            solver_process=cfg.solver_process, solver_threads=cfg.solver_threads,
+            compile_cache=cache, solve_timeout_s=cfg.solve_timeout_s)
         self.metrics.queue_capacity.set(cfg.max_queue)
-        self.metrics.build.info({"version": _version(), "backend": self.runner.backend,
-                                 "device": self.runner.device})
+        self.metrics.build.info({"version": _version(), "backend": self.executor.backend,
+                                 "device": self.executor.device})
         self.batcher = Batcher(self._run_batch, max_batch_size=cfg.max_batch_size,
                                max_delay_s=cfg.max_delay_ms / 1000.0, max_queue=cfg.max_queue,
                                max_concurrent_batches=cfg.workers,
-                               standby_batches=self.runner.standby_batches,
+                               standby_batches=self.executor.standby_batches,
                                flush_when_idle=cfg.flush_when_idle,
                                split_batches=cfg.split_batches, metrics=self.metrics)
         self._light = ThreadPoolExecutor(2, thread_name_prefix="l1pca-io")
-        info = pb.ServerInfo(version=_version(), backend=self.runner.backend, device=self.runner.device,
+        info = pb.ServerInfo(version=_version(), backend=self.executor.backend, device=self.executor.device,
                              max_rows=cfg.max_rows, max_cols=cfg.max_cols,
                              max_request_bytes=cfg.max_request_bytes, max_n_init=cfg.max_n_init,
                              max_batch_size=cfg.max_batch_size, methods=list(METHOD_ENUMS.values()))
@@ -130,7 +132,7 @@ class L1PCAServer:
         # Beyond what can queue or compute, calls are refused by gRPC itself (cheap, before the
         # request is read): overload is shed even when the event loop is saturated.
         self.max_concurrent_rpcs = (cfg.max_concurrent_rpcs
-                                    or cfg.max_queue + (cfg.workers + self.runner.standby_batches)
+                                    or cfg.max_queue + (cfg.workers + self.executor.standby_batches)
                                     * cfg.max_batch_size + 64)
         self._grpc = grpc.aio.server(
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
@@ -162,8 +164,8 @@ class L1PCAServer:
                  "on" if cfg.reflection else "off")
         log.info("l1pca %s: gRPC on %s, metrics on %s; %s", _version(), _address(cfg.host, self.port),
                  f"http://{_address(cfg.metrics_host, self.metrics_port)}/metrics"
-                 if self.metrics_port is not None else "disabled", self.runner.describe())
-        if not self.runner.on_gpu:
+                 if self.metrics_port is not None else "disabled", self.executor.describe())
+        if not self.executor.on_gpu:
             log.info("no usable GPU (CuPy / JAX found none): running on the CPU")
         if cfg.port_file:
             tmp = Path(cfg.port_file + ".tmp")
@@ -177,7 +179,7 @@ class L1PCAServer:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         calls = await loop.run_in_executor(
-            self.runner.executor, lambda: self.runner.warm_up(
+            self.executor.pool, lambda: self.executor.warm_up(
                 cfg.warmup_shapes, cfg.warmup_components, n_init=DEFAULT_N_INIT,
                 should_stop=lambda: self._stopping))
         if self._stopping:
@@ -188,41 +190,9 @@ class L1PCAServer:
         self.metrics.serving.set(1)
         log.info("warm-up done (%d solver calls in %.1f s): SERVING", calls, time.perf_counter() - t0)
 
-    async def _run_batch(self, key, payloads):
-        """One batch on a solver thread; past ``--solve-timeout-s`` the worker is taken as hung: the
-        batch fails UNAVAILABLE (retryable) and the solver pool is replaced.
-
-        The timeout counts from when the solver could start the batch (:class:`SolveClock`): a
-        batch handed to a solver process ahead of its turn waits in its pipe behind the one
-        computing, and must not fail because that one hung (it runs again on the fresh process).
-        One that never starts fails after twice the timeout from the hand-over."""
-        clock = SolveClock()
-        queued = self.batcher.depth > 0  # others wait: a lone request goes to the solver process
-        future = asyncio.wrap_future(self.runner.submit(self.runner.fit_batch, key, payloads, clock,
-                                                        queued))
-        pool = self.runner.executor
-        timeout_s = self.config.solve_timeout_s or None
-        if timeout_s is None:
-            return await future
-        handed = time.perf_counter()
-        # The start is set from the solver thread (and may move): look again every twentieth of the
-        # timeout rather than sleep to a limit computed before it was known.
-        poll = timeout_s / 20
-        while True:
-            started = clock.started
-            limit = handed + 2 * timeout_s if started is None else started + timeout_s
-            left = limit - time.perf_counter()
-            if left <= 0:
-                break
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), min(left, poll))
-            except asyncio.TimeoutError:
-                continue
-        future.cancel()  # not yet running: never run it
-        self.runner.replace_workers(f"a solver call of {len(payloads)} requests ran over "
-                                    f"--solve-timeout-s={timeout_s:g}", pool=pool)
-        raise Unavailable(f"the solver worker did not answer within {timeout_s:g} s and was "
-                          "replaced; the request was not computed, retry")
+    def _run_batch(self, key, payloads):
+        """The batcher's call: the batch to the executor, saying whether requests wait behind it."""
+        return self.executor.run_batch(key, payloads, queued=self.batcher.depth > 0)
 
     def reload_auth(self):
         """Re-read the token file (SIGHUP)."""
@@ -241,7 +211,7 @@ class L1PCAServer:
         log.info("draining: %d requests queued, grace %.1f s", self.batcher.depth, grace_s)
         await self._grpc.stop(grace_s)
         await self.batcher.close(timeout_s=1.0)
-        self.runner.shutdown()
+        self.executor.shutdown()
         self._light.shutdown(wait=False, cancel_futures=True)
         if self._httpd is not None:
             self._httpd.shutdown()
@@ -276,6 +246,19 @@ async def _serve(config: ServeConfig) -> int:
     if not warm.done():
         warm.cancel()
     return 0
+
+
+def main(argv=None, prog="l1pca serve") -> int:
+    """``l1pca serve [FLAGS]``: parse the flags (:mod:`l1pca.service.config`) and :func:`serve`."""
+    from .config import build_parser
+
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = ServeConfig.from_args(args)
+    except ValueError as exc:  # a flag set through the environment, or TLS files that do not go together
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return serve(config)
 
 
 def serve(config: ServeConfig) -> int:

@@ -7,8 +7,8 @@ long inside the server as alone. Each call pays a round trip through the pipe: 0
 call on this machine, about 0.6 ms on a lone 64 x 16 fit. So ``--solver-process auto`` (the
 default, on the CPU only: on a GPU the server process holds the device) sends every fit here but a
 lone request while nothing else computes or waits, which stays in the solver thread
-(:data:`l1pca.service.runner.PROCESS_MIN_BATCH`); ``on`` sends every fit. Measured side by side in
-``bench/results/service_load.md``.
+(:data:`l1pca.service.executor.PROCESS_MIN_BATCH`); ``on`` sends every fit. Measured side by side in
+``bench/results/service_load.md`` (and ``docs/decisions/0006-solver-process-auto.md``).
 
 :class:`SolverProcesses` keeps one child per solver thread (``--workers``), each holding up to
 :data:`PIPELINE_DEPTH` calls: the batch after the running one waits in the child's pipe, so the child
@@ -51,24 +51,22 @@ class SolverProcessDied(RuntimeError):
 def _child_main(conn, preload=(), jax_threads=None, compile_cache=None):
     """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes. With
     ``compile_cache`` (``(directory, max_bytes)``) JAX keeps its programs there, as the server does
-    (:func:`l1pca.service.runner._use_compile_cache`); with ``jax_threads``, JAX's CPU pool is sized
-    first (:func:`l1pca.service.runner._size_jax_pool`)."""
+    (:func:`l1pca.service.jax_setup.use_compile_cache`); with ``jax_threads``, JAX's CPU pool is sized
+    first (:func:`l1pca.service.jax_setup.size_jax_pool`)."""
     import importlib
 
+    from .jax_setup import size_jax_pool, use_compile_cache
+
     if compile_cache is not None:
-        from .runner import _use_compile_cache
-
-        _use_compile_cache(compile_cache)
+        use_compile_cache(compile_cache)
     if jax_threads is not None:
-        from .runner import _size_jax_pool
-
-        _size_jax_pool(jax_threads)
+        size_jax_pool(jax_threads)
     for name in preload:  # before any thread of the child imports it lazily (a half-imported module)
         importlib.import_module(name)
     from l1pca.kernels.fitting import fit_many
     from l1pca.kernels.solve import compiled_buckets
 
-    from .runner import run_warm_up
+    from .warmup import run_warm_up
 
     ops = {"fit_many": fit_many, "warm_up": run_warm_up, "compiled": compiled_buckets}
     while True:

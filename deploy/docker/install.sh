@@ -1,6 +1,6 @@
 #!/bin/sh
 # The Python environment of the images. Both Dockerfiles run this, and CI runs the same lines of the
-# CPU Dockerfile with the same lock (tests/test_deploy_image.py), so what CI checks is what ships.
+# CPU Dockerfile with the same lock (tests/deploy/test_image.py), so what CI checks is what ships.
 #
 #   install.sh deps VENV REQUIREMENTS   a virtual environment holding exactly the pinned wheels of
 #                                       REQUIREMENTS (--no-deps: a lock that misses a dependency

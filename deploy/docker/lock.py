@@ -13,7 +13,7 @@ The CUDA lock is constrained to the CPU lock's versions of every package both us
 SciPy, ...), so both images compute with the same library versions and a CPU fallback answers as
 the CPU image would.
 
-Re-run after changing the dependencies in ``pyproject.toml``; tests/test_deploy_image.py checks that
+Re-run after changing the dependencies in ``pyproject.toml``; tests/deploy/test_image.py checks that
 every dependency is pinned at a version its specifier allows, and (``make test-image``) that the CPU
 lock installs and runs and the CUDA lock resolves to itself.
 """

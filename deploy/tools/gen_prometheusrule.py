@@ -4,7 +4,7 @@ prometheus-operator PrometheusRule, so that both setups evaluate the same rules.
     python deploy/tools/gen_prometheusrule.py          # rewrite the manifest
     python deploy/tools/gen_prometheusrule.py --check  # exit 1 when it is out of date
 
-tests/test_deploy_k8s.py runs the check.
+tests/deploy/test_k8s.py runs the check.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
   deploy/k8s/schemas, equally strict.
 * A kind with no schema is an error, never a silent pass.
 
-tests/test_deploy_k8s.py runs the same functions and adds checks that span objects (selectors,
+tests/deploy/test_k8s.py runs the same functions and adds checks that span objects (selectors,
 ports, probes, grace periods, the ConfigMap against the server's flags).
 """
 from __future__ import annotations

@@ -1,14 +1,15 @@
-"""l1pca servers and a Prometheus on loopback: the harness of the monitoring and scale-out tests, and
-a sandbox for working on the rules and the dashboard.
+"""l1pca servers and a Prometheus on loopback: the Prometheus half of the monitoring tests' harness,
+and a sandbox for working on the rules and the dashboard.
 
     python deploy/tools/loopback.py --servers 3
     # prints the gRPC targets and the Prometheus URL; Ctrl-C stops everything
 
-Every server is ``l1pca serve`` in its own process on free ports (``--port 0 --metrics-port 0
---port-file``), logging to a file. Prometheus is the binary from ``deploy/.tools/bin`` (``make
-deploy-tools``) with a configuration derived from ``deploy/prometheus/prometheus.yml``: the same
-job name and rule files, Kubernetes discovery replaced by static loopback targets that carry the
-labels Kubernetes discovery would add (``namespace``, ``pod``, ``accelerator``).
+Every server is ``l1pca serve`` in its own process on free ports, logging to a file
+(:class:`l1pca.service.testing.ServeProcess`, the servers' harness of the tests and benchmarks).
+Prometheus is the binary from ``deploy/.tools/bin`` (``make deploy-tools``) with a configuration
+derived from ``deploy/prometheus/prometheus.yml``: the same job name and rule files, Kubernetes
+discovery replaced by static loopback targets that carry the labels Kubernetes discovery would add
+(``namespace``, ``pod``, ``accelerator``).
 """
 from __future__ import annotations
 
@@ -18,10 +19,7 @@ import copy
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -30,6 +28,9 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+
+# The servers' side comes from the one harness; sample_sum and scrape are re-exported for callers.
+from l1pca.service.testing import ServeProcess, free_port, sample_sum, scrape, wait_until  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -40,23 +41,6 @@ JOB = "l1pca"
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout_s`` passes; whether it became true."""
-    end = time.monotonic() + timeout_s
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= end:
-            return False
-        time.sleep(interval_s)
-
-
 def find_tool(name: str) -> str | None:
     """``deploy/.tools/bin/<name>`` (``make deploy-tools``), else ``<name>`` on PATH, else None."""
     local = TOOLS_BIN / name
@@ -85,155 +69,6 @@ def ensure_tool(name: str, *, timeout_s: float = 600) -> tuple[str | None, str]:
     return None, (f"{name} is not in deploy/.tools/bin nor on PATH, and deploy/tools/install-tools.sh "
                   f"could not install it (run `make deploy-tools` as root with access to the Debian "
                   f"and npm registries): {why}")
-
-
-# -- l1pca serve --------------------------------------------------------------------------------
-def _health(target: str, service: str = "", timeout_s: float = 2.0) -> str:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-
-
-def scrape(url: str, timeout_s: float = 10.0) -> dict:
-    """GET a /metrics page: ``{sample name: [(labels, value)]}``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-        text = resp.read().decode()
-    samples: dict = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
-
-
-def sample_sum(samples: dict, name: str, **labels) -> float:
-    """Sum of the samples ``name`` whose labels include ``labels`` (0 when there are none)."""
-    return sum(v for got, v in samples.get(name, [])
-               if all(got.get(k) == str(want) for k, want in labels.items()))
-
-
-class ServeProcess:
-    """``l1pca serve`` in a child process on free loopback ports.
-
-    Parameters
-    ----------
-    *args : str
-        Extra flags of ``l1pca serve``.
-    workdir : path
-        Port file and log go here.
-    env : dict, optional
-        Added to this process's environment.
-    command : list of str, optional
-        The program; default ``[sys.executable, "-m", "l1pca.client.cli", "serve"]``.
-    name : str
-        Names the log file.
-    loopback : bool
-        Bind 127.0.0.1 (``--host``, ``--metrics-host``); False leaves the addresses to the
-        environment or the defaults (the images bind 0.0.0.0). It is reached on 127.0.0.1 either way.
-    """
-
-    def __init__(self, *args, workdir, env=None, command=None, name="l1pca", loopback=True):
-        self.args = list(args)
-        self.workdir = Path(workdir)
-        self.env = dict(env or {})
-        self.command = list(command or [sys.executable, "-m", "l1pca.client.cli", "serve"])
-        self.name = name
-        self.loopback = loopback
-        self.proc: subprocess.Popen | None = None
-        self.port = self.metrics_port = None
-        self.log_path = self.workdir / f"{name}.log"
-        self._log = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def launch(self):
-        """Start the process (returns at once; :meth:`wait_serving` waits for it)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._port_file = self.workdir / f"{self.name}.ports.json"
-        self._port_file.unlink(missing_ok=True)
-        self._log = open(self.log_path, "wb")
-        hosts = ["--host", "127.0.0.1", "--metrics-host", "127.0.0.1"] if self.loopback else []
-        cmd = [*self.command, *hosts, "--port", "0", "--metrics-port", "0",
-               "--port-file", str(self._port_file), *self.args]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return self
-
-    def wait_serving(self, timeout_s: float = 120.0):
-        """Wait for the port file, then for health SERVING; raise with the log tail otherwise."""
-        if not wait_until(lambda: self._port_file.exists() or self.proc.poll() is not None,
-                          timeout_s):
-            self.kill()
-            raise RuntimeError(f"{self.name}: no port file after {timeout_s} s\n{self.log_tail()}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name}: exited with {self.proc.returncode}\n{self.log_tail()}")
-        ports = json.loads(self._port_file.read_text())
-        self.port, self.metrics_port = ports["port"], ports["metrics_port"]
-
-        def serving():
-            if self.proc.poll() is not None:
-                return True
-            try:
-                return _health(self.target) == "SERVING"
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        if not wait_until(serving, timeout_s, 0.1) or self.proc.poll() is not None:
-            self.kill()
-            raise RuntimeError(f"{self.name}: never reported SERVING\n{self.log_tail()}")
-        return self
-
-    def start(self, timeout_s: float = 120.0):
-        return self.launch().wait_serving(timeout_s)
-
-    def health(self, service: str = "") -> str:
-        return _health(self.target, service)
-
-    def metrics(self) -> dict:
-        return scrape(self.metrics_url)
-
-    def log_tail(self, n_chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n_chars:]
-        except OSError:
-            return ""
-
-    def stop(self, sig=signal.SIGTERM, timeout_s: float = 30.0):
-        """Send ``sig`` and wait; SIGKILL after ``timeout_s``. The exit status (None if not started)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.proc.returncode
-
-    def kill(self):
-        return self.stop(signal.SIGKILL, 10)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
 
 # -- Prometheus ---------------------------------------------------------------------------------

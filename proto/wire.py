@@ -1,0 +1,193 @@
+"""Conversions between NumPy arrays / :class:`Model` and the ``l1pca.v1`` messages.
+
+Shared by the server and the client (both import it; it imports only the kernels and the generated
+stubs), so the two sides cannot disagree about the encoding:
+
+* a matrix is ``Matrix(rows, cols, dtype, data)`` with ``data`` the raw little-endian row-major bytes,
+  decoded with ``np.frombuffer(...).reshape(rows, cols)`` (no copy, no per-element fields);
+* a fitted model is ``Model`` (components K x D and centre 1 x D as float64 matrices, threshold,
+  method, objective, training shape, backend, flips, seed), decoded to :class:`l1pca.kernels.Model`;
+* fit options are ``FitOptions`` with enums for method and centre and ``optional`` seed and
+  contamination.
+
+Decoding checks the claimed shape against the limits and the byte count *before* touching the data,
+so a request that claims a huge shape with a small payload costs nothing. Every check raises
+:class:`WireError` (an :class:`l1pca.kernels.InputError`) whose message names the field, the value and
+what was expected. The method and centre enums are derived from the kernels' tables
+(:data:`l1pca.kernels.METHODS`, :data:`l1pca.kernels.CENTERS`), so a new method is added in one place.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from l1pca.kernels import CENTERS, DEFAULT_N_INIT, InputError, InputTypeError, Model
+from l1pca.kernels import METHODS as METHOD_NAMES
+from l1pca.v1 import l1pca_pb2 as pb
+
+DTYPES = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_FLOAT64: np.dtype("<f8")}
+
+
+def _enum_value(enum, prefix, name):
+    return enum.Value(f"{prefix}_{name.upper().replace('-', '_')}")
+
+
+METHODS = {_enum_value(pb.Method, "METHOD", name): name for name in METHOD_NAMES}
+"""``Method`` enum value -> the kernels' method name ("bitflip", ...)."""
+METHOD_ENUMS = {name: value for value, name in METHODS.items()}
+CENTERS_BY_ENUM = {_enum_value(pb.Center, "CENTER", name): name for name in CENTERS}
+"""``Center`` enum value -> the kernels' centre name ("median", "mean", "none")."""
+CENTER_ENUMS = {name: value for value, name in CENTERS_BY_ENUM.items()}
+
+
+class WireError(InputError):
+    """A message whose content is not a valid request (the server answers INVALID_ARGUMENT)."""
+
+
+def _enum_names(enum, values):
+    return ", ".join(f"{enum.Name(v)} ({v})" for v in values)
+
+
+# -- matrices -----------------------------------------------------------------------------------
+def encode_matrix(X, *, name="x"):
+    """``Matrix`` message of a 2-D array. float32 travels as float32; other real dtypes as float64."""
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "biuf":
+        raise InputTypeError(f"{name} must hold real numbers; got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise InputError(f"{name} must be 2-D (n_samples, n_features); got shape {arr.shape}")
+    dtype = pb.DTYPE_FLOAT32 if arr.dtype == np.float32 else pb.DTYPE_FLOAT64
+    data = np.ascontiguousarray(arr, dtype=DTYPES[dtype]).tobytes()
+    return pb.Matrix(rows=arr.shape[0], cols=arr.shape[1], dtype=dtype, data=data)
+
+
+def decode_matrix(msg, *, name="x", max_rows=None, max_cols=None, required=True):
+    """The array of a ``Matrix`` message, a read-only view of its bytes (no copy).
+
+    Checks, in this order and before any allocation: the dtype is known, the shape is non-empty and
+    within ``max_rows`` / ``max_cols``, and ``len(data) == rows * cols * itemsize``.
+    """
+    if msg is None or (not required and msg.ByteSize() == 0):
+        return None
+    if msg.dtype not in DTYPES:
+        raise WireError(
+            f"{name}.dtype={pb.DType.Name(msg.dtype) if msg.dtype in pb.DType.values() else msg.dtype}"
+            f" is not supported; use {_enum_names(pb.DType, DTYPES)}"
+        )
+    rows, cols = int(msg.rows), int(msg.cols)
+    if rows < 1 or cols < 1:
+        raise WireError(f"{name} has shape ({rows}, {cols}); it needs at least one row and one column")
+    if max_rows is not None and rows > max_rows:
+        raise WireError(f"{name}.rows={rows} exceeds this server's limit of {max_rows} rows; "
+                        "split the matrix or ask for a larger --max-rows")
+    if max_cols is not None and cols > max_cols:
+        raise WireError(f"{name}.cols={cols} exceeds this server's limit of {max_cols} columns")
+    dtype = DTYPES[msg.dtype]
+    expected = rows * cols * dtype.itemsize
+    if len(msg.data) != expected:
+        raise WireError(
+            f"{name}.data has {len(msg.data)} bytes; shape ({rows}, {cols}) of "
+            f"{pb.DType.Name(msg.dtype)} needs {rows} * {cols} * {dtype.itemsize} = {expected} "
+            "(raw little-endian, row-major)"
+        )
+    return np.frombuffer(msg.data, dtype=dtype).reshape(rows, cols)
+
+
+def encode_vector(v, *, dtype=np.float64):
+    """A vector as an n x 1 ``Matrix``."""
+    v = np.asarray(v, dtype=dtype).reshape(-1, 1)
+    return encode_matrix(v)
+
+
+# -- options ------------------------------------------------------------------------------------
+def encode_options(n_components=1, *, method="bitflip", n_init=None, center="median", seed=None,
+                   contamination="auto"):
+    """``FitOptions`` from the Python names used by :class:`l1pca.kernels.L1PCA`."""
+    if method not in METHOD_ENUMS:
+        raise InputError(f"method={method!r} is not one of {', '.join(map(repr, METHOD_ENUMS))}")
+    center = "none" if center is None else center
+    if center not in CENTER_ENUMS:
+        raise InputError(f"center={center!r} is not one of {', '.join(map(repr, CENTER_ENUMS))}")
+    opts = pb.FitOptions(n_components=int(n_components), method=METHOD_ENUMS[method],
+                         n_init=0 if n_init is None else int(n_init), center=CENTER_ENUMS[center])
+    if seed is not None:
+        opts.seed = int(seed)
+    if contamination != "auto":
+        opts.contamination = float(contamination)
+    return opts
+
+
+def decode_options(msg, *, max_n_init=None):
+    """Keyword arguments of :func:`l1pca.kernels.fitting.fit_many` (plus ``n_components`` and
+    ``seed``, ``None`` when absent) from a ``FitOptions`` message, defaults filled in."""
+    method = msg.method or pb.METHOD_BITFLIP
+    if method not in METHODS:
+        raise WireError(f"options.method={method} is not one of {_enum_names(pb.Method, METHODS)}")
+    center = msg.center or pb.CENTER_MEDIAN
+    if center not in CENTERS_BY_ENUM:
+        raise WireError(f"options.center={center} is not one of "
+                        f"{_enum_names(pb.Center, CENTERS_BY_ENUM)}")
+    n_init = int(msg.n_init) or DEFAULT_N_INIT  # the kernels' default, as the estimator
+    if max_n_init is not None and n_init > max_n_init:
+        raise WireError(f"options.n_init={n_init} exceeds this server's limit of {max_n_init}")
+    contamination = "auto"
+    if msg.HasField("contamination"):
+        contamination = float(msg.contamination)
+        if not (0.0 < contamination <= 0.5):
+            raise WireError(f"options.contamination={contamination!r} must be in (0, 0.5]; "
+                            "leave it unset for the median + 3 MAD rule")
+    return {
+        "n_components": int(msg.n_components) or 1,
+        "method": METHODS[method],
+        "n_init": n_init,
+        "center": CENTERS_BY_ENUM[center],
+        "seed": int(msg.seed) if msg.HasField("seed") else None,
+        "contamination": contamination,
+    }
+
+
+# -- models -------------------------------------------------------------------------------------
+def encode_model(model: Model):
+    """``Model`` message of a :class:`l1pca.kernels.Model` (seed 0 when unknown)."""
+    return pb.Model(
+        components=encode_matrix(np.asarray(model.components, dtype=np.float64)),
+        center=encode_matrix(np.asarray(model.center, dtype=np.float64).reshape(1, -1)),
+        threshold=float(model.threshold),
+        method=METHOD_ENUMS.get(model.method, pb.METHOD_UNSPECIFIED),
+        objective=float(model.objective),
+        n_samples=int(model.n_samples),
+        n_features=int(np.asarray(model.components).shape[1]),
+        backend=str(model.backend),
+        n_flips=int(model.n_flips),
+        converged=bool(model.converged),
+        seed=int(model.seed or 0),
+    )
+
+
+def decode_model(msg, *, name="model", max_cols=None):
+    """A :class:`l1pca.kernels.Model` from a ``Model`` message, checked for shape and finiteness."""
+    if not msg.HasField("components") or not msg.HasField("center"):
+        raise WireError(f"{name} needs components (K x D) and center (1 x D); send back the model "
+                        "that Fit returned")
+    comps = decode_matrix(msg.components, name=f"{name}.components", max_cols=max_cols,
+                          max_rows=max_cols)
+    center = decode_matrix(msg.center, name=f"{name}.center", max_cols=max_cols, max_rows=1)
+    if center.shape != (1, comps.shape[1]):
+        raise WireError(f"{name}.center has shape {center.shape}; components {comps.shape} need "
+                        f"(1, {comps.shape[1]})")
+    if comps.shape[0] > comps.shape[1]:
+        raise WireError(f"{name}.components has {comps.shape[0]} rows for {comps.shape[1]} "
+                        "features; a model has at most one component per feature")
+    for field, arr in (("components", comps), ("center", center)):
+        if not np.isfinite(arr).all():
+            raise WireError(f"{name}.{field} holds NaN or infinity")
+    if not math.isfinite(msg.threshold):
+        raise WireError(f"{name}.threshold={msg.threshold} must be finite")
+    method = METHODS.get(msg.method or pb.METHOD_BITFLIP)
+    if method is None:
+        raise WireError(f"{name}.method={msg.method} is not one of {_enum_names(pb.Method, METHODS)}")
+    return Model(components=comps.astype(np.float64), center=center[0].astype(np.float64),
+                 threshold=float(msg.threshold), method=method, objective=float(msg.objective),
+                 n_samples=int(msg.n_samples), backend=msg.backend, n_flips=int(msg.n_flips),
+                 converged=bool(msg.converged), seed=int(msg.seed))

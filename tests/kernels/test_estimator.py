@@ -1,0 +1,122 @@
+"""L1PCA in scikit-learn style: the estimator checks, transforms and outlier scores."""
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from l1pca.kernels import L1PCA, solve
+
+_CONVENTION = (
+    "score_samples is a distance from the L1 subspace (higher = more outlying, as the product "
+    "specifies), so decision_function = offset_ - score_samples instead of scikit-learn's "
+    "score_samples - offset_"
+)
+_AUTO = (
+    "contamination='auto' flags only samples beyond median + 3 robust standard deviations; the "
+    "check's Gaussian blobs have none, while the check expects some -1 predictions"
+)
+
+
+def _expected_failures(est):
+    out = {"check_outliers_train": _CONVENTION}
+    if est.contamination == "auto":
+        out["check_outliers_fit_predict"] = _AUTO
+    return out
+
+
+@parametrize_with_checks(
+    [L1PCA(), L1PCA(n_components=1, contamination=0.1, method="fixed-point"),
+     L1PCA(center="mean", contamination=0.2)],
+    expected_failed_checks=_expected_failures,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _faulty_data(seed=0, n=300):
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((6, 2)))[0].T  # 2-D subspace of R^6
+    X = rng.standard_normal((n, 2)) @ (basis * [[4.0], [2.0]]) + 0.1 * rng.standard_normal((n, 6)) + 5.0
+    return X, basis
+
+
+def test_fit_attributes_and_transforms():
+    X, basis = _faulty_data()
+    est = L1PCA(2, random_state=0).fit(X)
+    assert est.components_.shape == (2, 6) and est.center_.shape == (6,)
+    assert est.n_features_in_ == 6 and est.backend_ in ("numpy", "jax", "cupy")
+    np.testing.assert_allclose(est.components_ @ est.components_.T, np.eye(2), atol=1e-10)
+    # The subspace is the nominal one.
+    assert np.linalg.norm(est.components_ @ basis.T) ** 2 / 2 > 0.99
+    Z = est.transform(X)
+    assert Z.shape == (300, 2)
+    np.testing.assert_allclose(est.fit_transform(X), Z)
+    # Reconstruction from the 2-D coordinates is close (noise level 0.1 per entry).
+    assert np.abs(est.inverse_transform(Z) - X).max() < 1.0
+    # objective_ is the L1 metric of the centred data.
+    assert est.objective_ == pytest.approx(np.abs((X - est.center_) @ est.components_.T).sum())
+    ref = solve(X - np.median(X, axis=0), 2, random_state=0)
+    np.testing.assert_allclose(est.components_, ref.components.T)
+
+
+def test_outliers_are_flagged_and_faulty_entry_is_named():
+    X, basis = _faulty_data(1)
+    bad = [3, 50, 77, 120, 200]
+    X[bad[:3]] += np.random.default_rng(2).normal(0, 30, (3, 6))  # whole-sample corruption
+    # Single-sensor faults on the two features least explained by the subspace (a fault along a
+    # feature that lies mostly inside the subspace is, by nature, mostly absorbed by it).
+    f1, f2 = np.argsort((basis ** 2).sum(axis=0))[:2]
+    X[120, f1] += 25.0  # offset sensor
+    X[200, f2] = -X[200, f2] - 30.0  # sign-flipped, offset sensor
+    est = L1PCA(2, random_state=0).fit(X)
+    pred = est.predict(X)
+    assert np.all(pred[bad] == -1)
+    assert np.mean(pred[np.setdiff1d(np.arange(300), bad)] == 1) > 0.95
+    assert np.all(est.decision_function(X[bad]) < 0)
+    entries = est.score_entries(X)
+    assert entries.shape == X.shape
+    assert entries[120].argmax() == f1 and entries[200].argmax() == f2
+    np.testing.assert_allclose(np.linalg.norm(est.residuals(X), axis=1), est.score_samples(X))
+
+
+def test_contamination_quantile_threshold():
+    X, _ = _faulty_data(3)
+    est = L1PCA(2, contamination=0.1, random_state=0).fit(X)
+    assert np.mean(est.predict(X) == -1) == pytest.approx(0.1, abs=0.01)
+
+
+def test_l1_resists_outliers_that_rotate_l2():
+    rng = np.random.default_rng(4)
+    X = np.column_stack([rng.normal(0, 3, 200), rng.normal(0, 0.3, 200)])
+    X[:10] = [0.0, 15.0]  # 5% gross outliers along the minor axis
+    l1 = L1PCA(1, random_state=0).fit(X).components_[0]
+    l2 = L1PCA(1, method="l2").fit(X).components_[0]
+    assert abs(l1[0]) > 0.9  # L1 stays near the nominal axis
+    assert abs(l2[0]) < 0.5  # L2 is rotated towards the outliers
+
+
+@pytest.mark.parametrize("center", ["median", "mean", None])
+def test_center_options(center):
+    X, _ = _faulty_data(5)
+    est = L1PCA(1, center=center, random_state=0).fit(X)
+    expect = {"median": np.median(X, axis=0), "mean": X.mean(axis=0), None: np.zeros(6)}[center]
+    np.testing.assert_allclose(est.center_, expect)
+
+
+@pytest.mark.parametrize("params,match", [
+    (dict(center="mode"), "center='mode'"),
+    (dict(contamination=0.7), "contamination=0.7"),
+    (dict(n_components=9), "n_components=9"),
+    (dict(method="robust"), "method='robust'"),
+])
+def test_bad_parameters_raise_in_fit(params, match):
+    X, _ = _faulty_data(6)
+    est = L1PCA(**params)  # __init__ only stores
+    with pytest.raises(ValueError, match=match):
+        est.fit(X)
+
+
+def test_fit_reports_progress():
+    X, _ = _faulty_data(7)
+    seen = []
+    L1PCA(1, n_init=3, backend="numpy").fit(X, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
