@@ -238,7 +238,7 @@ def start_server(flags, shape, K, log_path):
     else:
         server = testing.ServeProcess(
             "--warmup-shapes", f"{shape[0]}x{shape[1]}", "--warmup-components", str(K),
-            "--max-queue", "4096", "--log-level", "WARNING", *flags, workdir=workdir,
+            "--warmup-wait", "on", "--max-queue", "4096", "--log-level", "WARNING", *flags, workdir=workdir,
             log_path=log_path)
     server.start(timeout_s=300)  # imports and warm-up compiles
     return server.proc, server.target, server.metrics_port

@@ -10,8 +10,11 @@ skipped). ``fit`` writes to ``-o OUT`` (a folder, created if needed):
 * ``summary.json``    shapes, method, backend, objective, flips, threshold, time.
 
 ``score`` writes ``sample_scores.csv`` (index, score, outlier flag, most suspicious feature),
-``entry_scores.npy`` (n_samples, n_features) and ``summary.json``. Exit status 2 on bad input, with
-the reason on stderr.
+``entry_scores.npy`` (n_samples, n_features) and ``summary.json``.
+
+Exit status (docs/cli.md): 0 success; 2 bad input or usage, locally or refused by the server
+(INVALID_ARGUMENT), with the reason on stderr; 1 a server or internal failure, "no server at
+HOST:PORT" included. ``l1pca --version`` prints the installed version.
 """
 from __future__ import annotations
 
@@ -20,33 +23,86 @@ import json
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from l1pca.kernels import BACKENDS, CENTERS, DEFAULT_N_INIT, METHODS, Model
+from l1pca.kernels._validation import check_layout, nonfinite_error
 
 
 def load_matrix(path):
-    """Read a 2-D matrix from ``.npy`` or ``.csv`` (rows = samples); ``ValueError`` on anything else."""
+    """Read a 2-D matrix from ``.npy`` or ``.csv`` (rows = samples).
+
+    Anything else raises ``ValueError`` (an :class:`~l1pca.kernels.InputError`) in the library's
+    words, with ``DATA`` as the argument's name: "DATA must be 2-D (n_samples, n_features); got 1-D
+    array of shape (5,)", "DATA must be finite; found nan at row 5, column 3 ...", "DATA must hold
+    numbers; found 'abc' at row 2, column 1 (line 4 of x.csv)". Rows and columns count from 0, as
+    in the array; a CSV's line counts from 1, as in an editor.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"DATA={str(path)!r}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        X = np.load(path, allow_pickle=False)
-    elif suffix in (".csv", ".txt"):
-        with path.open() as fh:
-            first = fh.readline()
         try:
-            [float(tok) for tok in first.strip().split(",") if tok.strip() != ""]
-            skip = 0
-        except ValueError:
-            skip = 1  # a header line
-        X = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+            X = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"DATA={str(path)!r}: cannot read it as .npy ({exc})") from None
+    elif suffix in (".csv", ".txt"):
+        X = _load_csv(path)
     else:
         raise ValueError(f"DATA={str(path)!r}: expected a .npy or .csv file")
+    check_layout(X, name="DATA")
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
+        raise nonfinite_error(X, name="DATA")
     return X
+
+
+def _load_csv(path):
+    try:
+        with path.open() as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"DATA={str(path)!r}: cannot read it as text ({exc})") from None
+    try:
+        [float(tok) for tok in first.strip().split(",") if tok.strip() != ""]
+        skip = 0
+    except ValueError:
+        skip = 1  # a header line
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below
+            return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _csv_problem(path, skip) or ValueError(
+            f"DATA={str(path)!r}: cannot read it as CSV ({exc})") from None
+
+
+def _csv_problem(path, skip):
+    """The first cell or row that ``np.loadtxt`` refused, as a ValueError naming it (None if not
+    found). Blank lines and ``#`` comments are skipped, as ``np.loadtxt`` skips them."""
+    row, width = 0, None
+    with path.open(errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.split("#", 1)[0].strip()
+            if lineno <= skip or not line:
+                continue
+            cells = line.split(",")
+            for col, cell in enumerate(cells):
+                try:
+                    float(cell)
+                except ValueError:
+                    return ValueError(f"DATA must hold numbers; found {cell.strip()!r} at row {row}, "
+                                      f"column {col} (line {lineno} of {path})")
+            if width is not None and len(cells) != width:
+                return ValueError(f"DATA must have the same number of columns in every row; row "
+                                  f"{row} (line {lineno} of {path}) has {len(cells)}, row 0 has "
+                                  f"{width}")
+            width = len(cells) if width is None else width
+            row += 1
+    return None
 
 
 class ProgressBar:
@@ -110,6 +166,9 @@ def _common_arguments(p):
     p.add_argument("--server", default=None, metavar="HOST:PORT",
                    help="fit on an l1pca server instead of locally (comma-separated list for round-robin)")
     p.add_argument("--timeout-s", type=float, default=60.0, help="deadline of a server call (default 60)")
+    p.add_argument("--connect-timeout-s", type=float, default=5.0,
+                   help="with --server: how long to wait for the server to answer at all before "
+                        "giving up with 'no server at HOST:PORT' (default 5)")
     p.add_argument("--devices", default=None, metavar="all|N",
                    help="shard the samples over JAX devices ('all' or a count) for matrices larger "
                         "than one device; a .npy DATA is memory-mapped and streamed in chunks")
@@ -121,6 +180,7 @@ def _common_arguments(p):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="l1pca", description="L1-norm PCA and outlier scores.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit L1 principal components; write components and projections")
     _common_arguments(fit)
@@ -132,6 +192,34 @@ def build_parser():
     sub.add_parser("serve", add_help=False, help="run the gRPC service ('l1pca serve --help' lists "
                    "its flags)")
     return parser
+
+
+def _version():
+    """The installed distribution's version (what pip installed), or 'unknown' outside one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("l1pca")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _client(args):
+    """A :class:`l1pca.client.Client` on ``--server`` that has seen the server answer: waits at most
+    ``--connect-timeout-s`` (UNAVAILABLE "no server at HOST:PORT ..." after that) instead of
+    retrying until ``--timeout-s``."""
+    from l1pca.client import Client
+
+    for flag, value in (("--timeout-s", args.timeout_s), ("--connect-timeout-s", args.connect_timeout_s)):
+        if not value > 0:  # also NaN
+            raise ValueError(f"{flag}={value!r} must be a positive number of seconds")
+    client = Client(args.server, timeout_s=args.timeout_s)
+    try:
+        client.wait_for_server(min(args.connect_timeout_s, args.timeout_s))
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def _keyword_or(value, keyword, flag, convert, expected):
@@ -153,9 +241,7 @@ def _fit_model(X, args):
     center = args.center
     n_init = args.n_init
     if args.server:
-        from l1pca.client import Client
-
-        with Client(args.server, timeout_s=args.timeout_s) as client:
+        with _client(args) as client:
             return client.fit(X, args.n_components, method=args.method, n_init=n_init,
                               center=center, seed=args.seed,
                               contamination=_contamination(args.contamination))
@@ -194,8 +280,7 @@ def _fit_sharded(path, args, out):
     from l1pca.kernels.sharded import RowChunks, iter_rows
 
     X = np.load(path, mmap_mode="r", allow_pickle=False) if str(path).endswith(".npy") else load_matrix(path)
-    if X.ndim != 2:
-        raise ValueError(f"DATA must be 2-D (n_samples, n_features); got shape {X.shape}")
+    check_layout(X, name="DATA")
     center = _robust_center(X, args.center)
     kwargs = {} if args.n_init is None else {"n_init": args.n_init}
     with ProgressBar(f"fit {X.shape[0]}x{X.shape[1]} K={args.n_components} (sharded)",
@@ -262,12 +347,10 @@ def cmd_fit(args):
 def cmd_score(args):
     X = load_matrix(args.data)
     t0 = time.perf_counter()
-    model = Model.load(args.model) if args.model else None
+    model = Model.load(args.model, name="--model") if args.model else None
     if args.server:
         # One call: the server scores against the given model, or fits on DATA and scores.
-        from l1pca.client import Client
-
-        with Client(args.server, timeout_s=args.timeout_s) as client:
+        with _client(args) as client:
             res = client.score_outliers(
                 X, model=model, n_components=args.n_components, method=args.method,
                 n_init=args.n_init, center=args.center,
@@ -313,13 +396,20 @@ def main(argv=None):
     except (ValueError, TypeError) as exc:
         print(f"l1pca {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the client's error type carries the gRPC status; keep the message short
-        code = getattr(exc, "code", None)
+    except OSError as exc:  # an output folder or file that cannot be written
+        print(f"l1pca {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # l1pca.client.ClientError (imported only with --server) carries the gRPC status in
+        # ``code`` and prints as "CODE: message". Input the server refuses is bad input, as locally.
+        code = getattr(getattr(exc, "code", None), "name", None)
+        if code == "INVALID_ARGUMENT":
+            print(f"l1pca {args.command}: error: {exc}", file=sys.stderr)
+            return 2
         if code is not None:
-            print(f"l1pca {args.command}: server error {code}: {exc}", file=sys.stderr)
+            print(f"l1pca {args.command}: server error {exc}", file=sys.stderr)
             return 1
         raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,6 +13,12 @@ stateless) and also works locally (``model.transform(X)``, ``model.score_samples
   ``err.code`` (a :class:`grpc.StatusCode`) and the server's message in ``err.details``. Input that
   would be refused is refused here, before sending, with ``INVALID_ARGUMENT``.
 * Deadlines: ``timeout_s`` bounds a whole call, retries included; each attempt gets what is left.
+  A call retries into a server that is not up yet; ``client.wait_for_server(5)`` fails fast instead
+  (UNAVAILABLE, "no server at HOST:PORT (nothing answered within 5 s)").
+* Size limits: a request over the server's ``--max-request-bytes`` fails with RESOURCE_EXHAUSTED and
+  a message that says what to do (float32, fewer rows per call, a larger limit, a local fit). After
+  ``client.server_info()`` the client knows the limits (``client.limits``) and refuses such a request
+  before sending it.
 * Retries: :class:`Retry`, full-jitter exponential backoff, only for transient codes (UNAVAILABLE,
   CANCELLED from the server's side, RESOURCE_EXHAUSTED except a message over the size limit, which no
   retry can fix).
@@ -29,6 +35,7 @@ import asyncio
 import ipaddress
 import json
 import random
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -39,6 +46,7 @@ import grpc
 import numpy as np
 
 from l1pca.kernels import Model
+from l1pca.kernels._validation import check_layout, nonfinite_error
 from l1pca.proto import wire
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
@@ -97,7 +105,7 @@ class Retry:
         if code not in self.codes:
             return False
         # RESOURCE_EXHAUSTED also reports a message over the size limit: retrying cannot help.
-        return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""))
+        return not (code == grpc.StatusCode.RESOURCE_EXHAUSTED and _oversized(details))
 
     def sleep_s(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0.0, min(self.maximum_s, self.initial_s * self.multiplier ** attempt))
@@ -214,17 +222,12 @@ def _channel_options(options):
 
 # -- requests and answers (shared by both clients) ----------------------------------------------
 def _check_x(X, name="X"):
+    """``X`` as a ``Matrix`` message, refused with the library's words (:mod:`l1pca.kernels`) before
+    anything is sent. float32 stays float32 (half the bytes on the wire)."""
     try:
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers; got dtype {arr.dtype}")
-        if arr.ndim != 2 or 0 in arr.shape:
-            raise ValueError(f"{name} must be a non-empty 2-D array (n_samples, n_features); "
-                             f"got shape {arr.shape}")
+        arr = check_layout(np.asarray(X), name=name)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = np.argwhere(~np.isfinite(arr))[0]
-            raise ValueError(f"{name} must be finite; found {arr[tuple(bad)]} at row {bad[0]}, "
-                             f"column {bad[1]}")
+            raise nonfinite_error(arr, name=name)
         return wire.encode_matrix(arr, name=name)
     except (TypeError, ValueError) as exc:
         raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -282,6 +285,41 @@ def _score_answer(resp):
     return OutlierScores(scores, flags, entries, model)
 
 
+# -- the server's size limits ---------------------------------------------------------------------
+# gRPC's words when a message is over the receiver's grpc.max_receive_message_length:
+# "Received message larger than max (N vs. M)". Below that, an l1pca server answers a request over
+# its --max-request-bytes itself, in the words of wire.oversized_message.
+_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _oversized(details):
+    """Whether a RESOURCE_EXHAUSTED status says the request was too large (no retry can fix it),
+    rather than that the server was busy."""
+    details = details or ""
+    return "larger than max" in details or "--max-request-bytes" in details
+
+
+class _Limits(NamedTuple):
+    """The request limits a server reported in ``GetServerInfo`` (0: none)."""
+
+    max_rows: int
+    max_cols: int
+    max_request_bytes: int
+
+    def check(self, request):
+        """Refuse, before sending, a request this server would refuse for its size."""
+        if "x" in request.DESCRIPTOR.fields_by_name and request.HasField("x"):
+            try:
+                wire.check_limits(request.x.rows, request.x.cols, name="X", max_rows=self.max_rows,
+                                  max_cols=self.max_cols)
+            except ValueError as exc:
+                raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        size = request.ByteSize()
+        if self.max_request_bytes and size > self.max_request_bytes:
+            raise ClientError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              wire.oversized_message(size, self.max_request_bytes))
+
+
 class _Base:
     def __init__(self, target, *, timeout_s, retry, credentials, options, token=None):
         if not (timeout_s is None or timeout_s > 0):
@@ -294,6 +332,21 @@ class _Base:
         self._options = _channel_options(options)
         self._credentials = credentials
         self._rng = random.Random()
+        # The limits of the server, once server_info() has asked for them: requests over them are
+        # refused here, before they are sent.
+        self.limits: _Limits | None = None
+
+    def _check_limits(self, request):
+        if self.limits is not None:
+            self.limits.check(request)
+
+    def _remember(self, info):
+        self.limits = _Limits(int(info.max_rows), int(info.max_cols), int(info.max_request_bytes))
+        return info
+
+    def _no_server(self, timeout_s):
+        return ClientError(grpc.StatusCode.UNAVAILABLE,
+                           f"no server at {self.target} (nothing answered within {timeout_s:g} s)")
 
     def _deadline(self, timeout_s):
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
@@ -319,9 +372,20 @@ class _Base:
         """Seconds to wait before the next try after ``err``; raises :class:`ClientError` to give up."""
         sleep = self._next_sleep(err, attempt.number, attempt.end, attempt.retry_end)
         if sleep is None:
-            raise ClientError.from_rpc(
+            raise self._translate(
                 err, f" (after {attempt.number + 1} attempts)" if attempt.number else "") from err
         return sleep
+
+    def _translate(self, err, note):
+        """The :class:`ClientError` of a failed call. gRPC's own refusal of a message over the
+        server's limit becomes what to do about it (wire.oversized_message)."""
+        error = ClientError.from_rpc(err, note)
+        found = _LARGER_THAN_MAX.search(error.details)
+        if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and found:
+            limit = self.limits.max_request_bytes if self.limits is not None else None
+            return ClientError(error.code, f"{wire.oversized_message(int(found.group(1)), limit)} "
+                                           f"[{error.details}]")
+        return error
 
     def _next_sleep(self, err, attempt, end, retry_end):
         """Seconds to sleep before the next attempt, or None to give up on ``err``."""
@@ -381,7 +445,20 @@ class Client(_Base):
     def close(self):
         self._channel.close()
 
+    def wait_for_server(self, timeout_s=5.0):
+        """Wait until the channel connects to a server, at most ``timeout_s`` seconds; raises
+        :class:`ClientError` (UNAVAILABLE, "no server at HOST:PORT (nothing answered within 5 s)")
+        when none does. A call retries until its own deadline; this fails fast instead."""
+        ready = grpc.channel_ready_future(self._channel)
+        try:
+            ready.result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise self._no_server(timeout_s) from None
+        finally:
+            ready.cancel()
+
     def _call(self, rpc, request, timeout_s):
+        self._check_limits(request)
         for attempt in self._attempts(timeout_s):
             try:
                 return rpc(request, timeout=attempt.timeout_s, metadata=self._metadata)
@@ -411,8 +488,10 @@ class Client(_Base):
         return _score_answer(self._call(self._stub.ScoreOutliers, req, timeout_s))
 
     def server_info(self, *, timeout_s=None) -> pb.ServerInfo:
-        """Version, backend, device and request limits of the replica that answers."""
-        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout_s)
+        """Version, backend, device and request limits of the replica that answers. The limits are
+        kept (``self.limits``): later requests over them are refused before they are sent."""
+        return self._remember(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(),
+                                         timeout_s))
 
 
 class AsyncClient(_Base):
@@ -439,7 +518,15 @@ class AsyncClient(_Base):
     async def close(self):
         await self._channel.close()
 
+    async def wait_for_server(self, timeout_s=5.0):
+        """:meth:`Client.wait_for_server`, as a coroutine."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
+        except asyncio.TimeoutError:
+            raise self._no_server(timeout_s) from None
+
     async def _call(self, rpc, request, timeout_s):
+        self._check_limits(request)
         for attempt in self._attempts(timeout_s):
             try:
                 return await rpc(request, timeout=attempt.timeout_s, metadata=self._metadata)
@@ -466,4 +553,5 @@ class AsyncClient(_Base):
         return _score_answer(await self._call(self._stub.ScoreOutliers, req, timeout_s))
 
     async def server_info(self, *, timeout_s=None) -> pb.ServerInfo:
-        return await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout_s)
+        return self._remember(await self._call(self._stub.GetServerInfo,
+                                               pb.GetServerInfoRequest(), timeout_s))

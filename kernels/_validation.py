@@ -40,17 +40,7 @@ def check_matrix_peak(X, *, name="X"):
     if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith(("jax", "jaxlib")):
         # Device arrays are brought to the host here; the solvers move them back where they run.
         X = np.asarray(X.get() if hasattr(X, "get") else X)
-    arr = np.asarray(X)
-    if arr.dtype.kind not in "biuf":
-        raise InputTypeError(
-            f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}"
-        )
-    if arr.ndim != 2:
-        raise InputError(
-            f"{name} must be 2-D (n_samples, n_features); got {arr.ndim}-D array of shape {arr.shape}"
-        )
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputError(f"{name} must have at least one sample and one feature; got shape {arr.shape}")
+    arr = check_layout(np.asarray(X), name=name)
     # A signalling NaN (bytes a client can send) raises the FPU's invalid flag when float32 widens
     # to float64, which NumPy reports as a RuntimeWarning per call; the finiteness check below
     # refuses it with a message instead.
@@ -58,10 +48,7 @@ def check_matrix_peak(X, *, name="X"):
         arr = np.ascontiguousarray(arr, dtype=np.float64)
     hi, lo = float(arr.max()), float(arr.min())
     if not (math.isfinite(hi) and math.isfinite(lo)):
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(
-            f"{name} must be finite; found {arr[tuple(bad)]} at row {bad[0]}, column {bad[1]}"
-        )
+        raise nonfinite_error(arr, name=name)
     # Values near the float64 limit overflow in the Gram matrix; refuse them with a message rather
     # than return NaN components.
     peak = max(hi, -lo)
@@ -71,6 +58,39 @@ def check_matrix_peak(X, *, name="X"):
             "(rescale the data, the components do not change)"
         )
     return arr, peak
+
+
+def check_layout(arr, *, name="X"):
+    """Refuse what is not a non-empty 2-D array of real numbers; ``arr`` (anything with ``dtype``,
+    ``ndim`` and ``shape``: an ndarray, a memory map) is returned as it is, never copied.
+
+    The words are the ones every entry point uses (the library, the CLI with ``name="DATA"``, the
+    client, the service with ``name="x"``).
+    """
+    if np.dtype(arr.dtype).kind not in "biuf":
+        raise InputTypeError(
+            f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}"
+        )
+    if arr.ndim != 2:
+        raise InputError(
+            f"{name} must be 2-D (n_samples, n_features); got {arr.ndim}-D array of shape "
+            f"{tuple(arr.shape)}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{name} must have at least one sample and one feature; got shape "
+                         f"{tuple(arr.shape)}")
+    return arr
+
+
+def nonfinite_error(arr, *, name="X", row_offset=0):
+    """The :class:`InputError` for a matrix that holds NaN or infinity, naming the first such entry:
+    ``X must be finite; found nan at row 5, column 3 (...)``. ``row_offset`` is added to the row of
+    ``arr`` (a chunk of a larger matrix). Call it only when ``arr`` has a non-finite entry."""
+    bad = np.argwhere(~np.isfinite(arr))[0]
+    return InputError(
+        f"{name} must be finite; found {float(arr[tuple(bad)])} at row {row_offset + int(bad[0])}, "
+        f"column {int(bad[1])} (remove or impute the NaN and inf entries)"
+    )
 
 
 def check_n_components(n_components, n_samples, n_features):

@@ -165,7 +165,18 @@ def use_compile_cache(path, *, max_bytes: int = 256 * 2**20) -> str:
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
+    global _COMPILE_CACHE
+    _COMPILE_CACHE = (directory, int(max_bytes))
     return directory
+
+
+_COMPILE_CACHE = None
+
+
+def compile_cache_in_use():
+    """``(directory, max_bytes)`` of this process's persistent compile cache, or None
+    (:func:`use_compile_cache`)."""
+    return _COMPILE_CACHE
 
 
 def _thread_ids() -> set[int]:
@@ -219,6 +230,12 @@ def device_description() -> str:
 
         return str(jax.devices("gpu")[0].device_kind)
     return "cpu"
+
+
+def host_backend() -> str:
+    """The backend that needs no compile per shape: CuPy on a usable GPU, else NumPy (what a bucket
+    runs on while its JAX program compiles in the background)."""
+    return "cupy" if "cupy" in gpu_backends() else "numpy"
 
 
 def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = False,

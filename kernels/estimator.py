@@ -5,6 +5,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._validation import check_matrix
 from .errors import InputError
 from .fitting import fit_many
 from .model import Model
@@ -110,7 +111,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
 
         ``progress(done, total)``, if given, is called as L1-BF starts finish.
         """
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=1, reset=True)
+        X = self._checked(X, reset=True)
         options = SolveOptions(method=self.method, n_init=self.n_init, backend=self.backend,
                                max_flips=self.max_flips, tol=self.tol, warm_start=self.warm_start,
                                pair_moves=self.pair_moves)
@@ -148,9 +149,19 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         return self.model_
 
+    def _checked(self, X, *, reset):
+        """X as float64. scikit-learn's ``validate_data`` converts it, refuses a wrong shape or
+        type (with the messages scikit-learn's checks expect) and records the feature names and
+        count, but leaves NaN and infinity to :func:`check_matrix`, whose InputError (a
+        ValueError) names the first one as ``solve``, the CLI and the service do: "X must be
+        finite; found nan at row 5, column 3 ..."."""
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False, ensure_min_samples=1,
+                          reset=reset)
+        return check_matrix(X, name="X")
+
     def _validated(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, dtype=np.float64, reset=False)
+        return self._checked(X, reset=False)
 
     def transform(self, X):
         """Coordinates in the L1 subspace: ``(X - center_) @ components_.T``."""

@@ -9,6 +9,8 @@ locally (the same scoring code as the estimator, :mod:`l1pca.kernels.scoring`), 
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,12 +124,49 @@ class Model:
         np.savez(path, components=self.components, center=self.center, meta=np.array(meta))
 
     @classmethod
-    def load(cls, path):
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-            return cls(components=f["components"], center=f["center"],
-                       threshold=float(meta["threshold"]), method=meta["method"],
+    def load(cls, path, *, name="path"):
+        """Read a file written by :meth:`save` (``l1pca fit`` writes ``model.npz``).
+
+        Raises :class:`InputError` (its message starts with ``name=path``) for anything else: a
+        missing file, a ``.npy`` array, an archive without the model's arrays, a bad header.
+        """
+        def refuse(reason):
+            return InputError(f"{name}={str(path)!r} is not a model file written by `l1pca fit` "
+                              f"(model.npz): {reason}")
+
+        if not os.path.isfile(path):
+            raise refuse("no such file" if not os.path.exists(path) else "not a file")
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic == b"\x93NUMPY":
+            raise refuse("it is a .npy array (components.npy?), not a model")
+        if magic[:4] != b"PK\x03\x04":
+            raise refuse("it is not an .npz archive")
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise refuse(f"cannot read it as .npz ({exc})") from None
+        with f:
+            missing = [k for k in ("components", "center", "meta") if k not in f.files]
+            if missing:
+                raise refuse(f"it lacks {', '.join(missing)} (it holds {', '.join(f.files) or 'nothing'})")
+            try:
+                components, center, meta = f["components"], f["center"], str(f["meta"])
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                raise refuse(f"cannot read its arrays ({exc})") from None
+        try:
+            meta = json.loads(meta)
+            if not isinstance(meta, dict):
+                raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+            return cls(components=components, center=center,
+                       threshold=float(meta["threshold"]), method=str(meta["method"]),
                        objective=float(meta["objective"]), n_samples=int(meta["n_samples"]),
-                       backend=meta["backend"], n_flips=int(meta["n_flips"]),
+                       backend=str(meta["backend"]), n_flips=int(meta["n_flips"]),
                        converged=bool(meta["converged"]),
                        seed=None if meta.get("seed") is None else int(meta["seed"]))
+        except KeyError as exc:
+            raise refuse(f"its meta header lacks {exc}") from None
+        except InputError as exc:
+            raise refuse(str(exc)) from None
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            raise refuse(f"its contents are not valid ({exc})") from None

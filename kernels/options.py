@@ -32,6 +32,13 @@ CENTERS = {
 BACKENDS = ("auto", "numpy", "jax", "cupy")
 """Where L1-BF runs; ``auto`` picks per call (:mod:`l1pca.kernels.backends`)."""
 
+COMPILE_MODES = {
+    "wait": "a bucket whose JAX program is not compiled yet compiles it first, then runs on JAX",
+    "background": "it runs on the host path (NumPy, or CuPy on a GPU) while its program compiles in "
+                  "a background thread (l1pca.kernels.compile_queue); later buckets use JAX",
+}
+"""What a fit does when the JAX program it would run is not compiled yet."""
+
 DEFAULT_N_INIT = 8
 """Starts of L1-BF: the L2-PCA start and seven random ones (``bench/optimality.py`` shows why)."""
 
@@ -93,10 +100,12 @@ class SolveOptions:
     warm_start: bool = True
     pair_moves: bool = True
     max_candidates: int = MAX_CANDIDATES
+    compile: str = "wait"
 
     def __post_init__(self):
         check_choice(self.method, "method", METHODS)
         check_choice(self.backend, "backend", BACKENDS)
+        check_choice(self.compile, "compile", COMPILE_MODES)
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
         set_("n_init", check_int(self.n_init, "n_init"))
         set_("max_candidates", check_int(self.max_candidates, "max_candidates"))

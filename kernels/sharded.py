@@ -34,7 +34,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .errors import InputError, InputTypeError
+from ._validation import check_layout, nonfinite_error
+from .errors import InputError
 from .flip_rule import (
     PAIR_CANDIDATES,
     PAIR_MAX_BITS,
@@ -121,10 +122,7 @@ def shard_rows(X, mesh) -> tuple[jax.Array, int]:
     # Anything with shape, dtype and row slicing is read lazily (NumPy arrays, memory maps, and
     # RowChunks); other array-likes are converted.
     arr = X if all(hasattr(X, a) for a in ("shape", "dtype", "__getitem__")) else np.asarray(X)
-    if np.dtype(arr.dtype).kind not in "biuf":
-        raise InputTypeError(f"X must hold real numbers (bool, int or float); got dtype {arr.dtype}")
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise InputError(f"X must be a non-empty 2-D array (n_samples, n_features); got shape {arr.shape}")
+    check_layout(arr, name="X")
     N, D = arr.shape
     Np = N + (-N) % n_dev
 
@@ -135,9 +133,7 @@ def shard_rows(X, mesh) -> tuple[jax.Array, int]:
             b = min(a + _CHUNK_ROWS, hi, N)
             chunk = np.asarray(arr[a:b], dtype=np.float64)
             if not np.isfinite(chunk).all():
-                bad = np.argwhere(~np.isfinite(chunk))[0]
-                raise InputError(f"X must be finite; found {chunk[tuple(bad)]} at row {a + bad[0]}, "
-                                 f"column {bad[1]}")
+                raise nonfinite_error(chunk, name="X", row_offset=a)
             out[a - lo:b - lo] = chunk
         return out
 

@@ -7,7 +7,6 @@ through :func:`_finish` so all report the same quantities the same way.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,6 +16,7 @@ from ._validation import check_matrix_peak, check_n_components, check_random_sta
 from .baselines import fixed_point_greedy, fixed_point_nongreedy, l2_pca
 from .bitflip import bitflip_search
 from .bitflip_screened import SCREEN_MIN_SAMPLES, search_screened
+from .compile_queue import COMPILES, compiled
 from .errors import InputError
 from .exact import exact_search
 from .flip_rule import default_max_flips
@@ -242,10 +242,16 @@ def _solve_scaled(mats, K, opts: SolveOptions, *, random_state, progress):
         buckets.setdefault(bucket_shape(*X.shape), []).append(i)
     tick = _Ticker(progress, total=len(mats) * opts.n_init)
     for shape, idx in buckets.items():
-        compiled = _jax_compiled((jax_batch_size(len(idx)), *shape, K, opts.n_init,
-                                  opts.warm_start, opts.pair_moves))
-        name = backends.resolve(opts.backend, method, batch_size=len(idx), compiled=compiled,
+        key = (jax_batch_size(len(idx)), *shape, K, opts.n_init, opts.warm_start, opts.pair_moves)
+        ready = compiled(key)
+        name = backends.resolve(opts.backend, method, batch_size=len(idx), compiled=ready,
                                 n_components=K)
+        if opts.compile == "background" and not ready and backends.resolve(
+                opts.backend, method, batch_size=len(idx), compiled=True, n_components=K) == "jax":
+            # No fit waits on the compiler: this bucket runs on the host now, its program compiles
+            # in the background (l1pca.kernels.compile_queue), and later buckets of the shape use it.
+            COMPILES.request(key)
+            name = backends.host_backend()
         if name == "jax":
             outs = _bitflip_jax([mats[i] for i in idx], [draws[i] for i in idx], shape, K, opts)
             tick(len(idx) * opts.n_init)
@@ -276,24 +282,6 @@ def equal_shapes(mats):
 def jax_batch_size(count):
     """Batch size the JAX path pads ``count`` matrices of one bucket to: the next power of two."""
     return 1 << (int(count) - 1).bit_length()
-
-
-def _compiled_keys():
-    """The JAX path's record of the programs compiled in this process (a live set), found without
-    importing JAX: empty when it was never imported. Another thread may be importing it right now;
-    a half-initialised module has no record yet, and then nothing is compiled."""
-    return getattr(sys.modules.get("l1pca.kernels.bitflip_jax"), "_COMPILED", ())
-
-
-def compiled_buckets():
-    """JAX programs compiled in this process: ``(batch, rows, cols, K, starts, warm_start,
-    pair_moves)`` keys (empty when JAX was never used here)."""
-    return frozenset(_compiled_keys())
-
-
-def _jax_compiled(key):
-    """Whether this process already compiled the JAX program for a bucket (without importing JAX)."""
-    return key in _compiled_keys()
 
 
 class _Ticker:

@@ -62,6 +62,28 @@ def encode_matrix(X, *, name="x"):
     return pb.Matrix(rows=arr.shape[0], cols=arr.shape[1], dtype=dtype, data=data)
 
 
+def check_limits(rows, cols, *, name="x", max_rows=None, max_cols=None):
+    """Refuse a shape over a server's ``--max-rows`` / ``--max-cols`` (None or 0: no limit), with
+    the words the server answers and the client checks with (after ``GetServerInfo``)."""
+    if max_rows and rows > max_rows:
+        raise WireError(f"{name}.rows={rows} exceeds this server's limit of {max_rows} rows; "
+                        "split the matrix or ask for a larger --max-rows")
+    if max_cols and cols > max_cols:
+        raise WireError(f"{name}.cols={cols} exceeds this server's limit of {max_cols} columns")
+
+
+def oversized_message(size, limit=None):
+    """What to do about a request message of ``size`` bytes over a server's ``--max-request-bytes``
+    (``limit``, when known): the same words from the server and from the client, which also sees
+    gRPC's own refusal ("Received message larger than max (N vs. M)")."""
+    over = (f"more than this server's --max-request-bytes={limit}" if limit
+            else "more than this server accepts (--max-request-bytes)")
+    return (f"the request is {size} bytes, {over}: send float32 data (half the bytes), split the "
+            "rows over several calls, ask the operator for a larger --max-request-bytes, or fit "
+            "locally (`l1pca fit` without --server, or with --devices for a matrix larger than "
+            "memory)")
+
+
 def decode_matrix(msg, *, name="x", max_rows=None, max_cols=None, required=True):
     """The array of a ``Matrix`` message, a read-only view of its bytes (no copy).
 
@@ -78,11 +100,7 @@ def decode_matrix(msg, *, name="x", max_rows=None, max_cols=None, required=True)
     rows, cols = int(msg.rows), int(msg.cols)
     if rows < 1 or cols < 1:
         raise WireError(f"{name} has shape ({rows}, {cols}); it needs at least one row and one column")
-    if max_rows is not None and rows > max_rows:
-        raise WireError(f"{name}.rows={rows} exceeds this server's limit of {max_rows} rows; "
-                        "split the matrix or ask for a larger --max-rows")
-    if max_cols is not None and cols > max_cols:
-        raise WireError(f"{name}.cols={cols} exceeds this server's limit of {max_cols} columns")
+    check_limits(rows, cols, name=name, max_rows=max_rows, max_cols=max_cols)
     dtype = DTYPES[msg.dtype]
     expected = rows * cols * dtype.itemsize
     if len(msg.data) != expected:

@@ -128,7 +128,10 @@ FLAGS = (
     ("--max-rows", _positive_int, "200000", "most rows (samples) per matrix"),
     ("--max-cols", _positive_int, "4096", "most columns (features) per matrix"),
     ("--max-request-bytes", _positive_int, str(64 * 1024 * 1024),
-     "largest request message in bytes (also the gRPC receive limit)"),
+     "largest request message in bytes; a larger one answers RESOURCE_EXHAUSTED saying what to do "
+     "(gRPC itself refuses messages over twice this). With the defaults it binds before --max-rows "
+     "and --max-cols: 64 MiB holds 8,388,608 float64 entries (200,000 rows of 41 columns), twice as "
+     "many in float32"),
     ("--max-n-init", _positive_int, "64", "most L1-BF starts a request may ask for"),
     ("--backend", str, "auto",
      "solver backend: auto (GPU if usable, else JAX on the CPU), jax, numpy or cupy"),
@@ -136,8 +139,13 @@ FLAGS = (
      "Fit matrices with at least this many rows on the sharded solver over every JAX device "
      "(0 = never; pays off with several GPUs)"),
     ("--warmup-shapes", _shapes, "64x16",
-     "ROWSxCOLS,... whose shape buckets are compiled before SERVING"),
+     "ROWSxCOLS,... whose shape buckets are compiled first (in the background, or before SERVING "
+     "with --warmup-wait on)"),
     ("--warmup-components", _int_list, "1,2", "values of K compiled for each warm-up shape"),
+    ("--warmup-wait", _on_off, "off",
+     "on: report SERVING only once the warm-up programs are compiled; off: SERVING as soon as the "
+     "port and the solver processes are up, the programs compiling in the background while fits of "
+     "their shapes run on the host path (NumPy) with the same answers"),
     ("--grace-s", _non_negative_float, "30",
      "on SIGTERM/SIGINT, seconds to finish queued and running work"),
     ("--log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -194,6 +202,7 @@ class ServeConfig:
     sharded_min_rows: int = 0
     warmup_shapes: tuple = ((64, 16),)
     warmup_components: tuple = (1, 2)
+    warmup_wait: bool = False
     grace_s: float = 30.0
     log_level: str = "INFO"
     port_file: str = ""

@@ -18,6 +18,7 @@ import uuid
 import grpc
 
 from l1pca.kernels import InputError
+from l1pca.proto.wire import oversized_message
 
 log = logging.getLogger("l1pca.service")
 
@@ -57,6 +58,12 @@ def _message_name(deserializer):
     return getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "request")
 
 
+class Oversized(ServiceError):
+    """The request message is larger than ``--max-request-bytes``."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions of unary-unary handlers to status codes and reports every call.
 
@@ -68,10 +75,16 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         Incremented while a call runs.
     prefix : str
         Only methods of this service (``/l1pca.v1.L1PCA/``) are wrapped; health and reflection are not.
+    max_request_bytes : int, optional
+        Larger requests answer RESOURCE_EXHAUSTED with what to do instead (``--max-request-bytes``);
+        ``on_oversized()`` is called for each (a counter).
     """
 
-    def __init__(self, observe, *, inflight=None, prefix="/l1pca.v1.L1PCA/"):
+    def __init__(self, observe, *, inflight=None, prefix="/l1pca.v1.L1PCA/", max_request_bytes=None,
+                 on_oversized=None):
         self._observe = observe
+        self._max_bytes = max_request_bytes
+        self._on_oversized = on_oversized
         self._inflight = inflight
         self._prefix = prefix
         # gRPC asks for the handler on every call; the wrapped one is built once per method (and
@@ -94,6 +107,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[name] = (handler, wrapped)
         return wrapped
 
+    def _oversized(self, method, size):
+        log.warning("refused a %s request of %d bytes (--max-request-bytes=%d)", method, size,
+                    self._max_bytes)
+        if self._on_oversized is not None:
+            self._on_oversized()
+        return Oversized(oversized_message(size, self._max_bytes))
+
     def _wrap(self, method, behavior, deserialize=None):
         message = _message_name(deserialize)
 
@@ -103,6 +123,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             if self._inflight is not None:
                 self._inflight.inc()
             try:
+                if self._max_bytes is not None and len(request) > self._max_bytes:
+                    raise self._oversized(method, len(request))
                 if deserialize is not None:
                     try:
                         request = deserialize(request)

@@ -35,9 +35,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-from l1pca.kernels import InputError, SolveOptions, backends
+from l1pca.kernels import InputError, SolveOptions, backends, bucket_shape
+from l1pca.kernels.compile_queue import COMPILES, close_workers, compiled, compiled_buckets
 from l1pca.kernels.fitting import fit_many
-from l1pca.kernels.solve import compiled_buckets
+from l1pca.kernels.solve import jax_batch_size
 
 from .backend_choice import is_device_failure, select_backend
 from .errors import InvalidArgument, Unavailable
@@ -117,11 +118,18 @@ class FitExecutor:
         each solver process, so that a restart's warm-up loads them (None: compile every time).
         A directory that cannot be used is logged and left off. ``compile_cache`` (attribute): the
         directory in use, or None.
+    solve_timeout_s : float
+        A solver call running longer is taken as a hung worker (0: never).
+    background_compile : bool
+        True (the server's setting): a batch whose JAX program is not compiled yet runs on the host
+        path at once while the program compiles in the background
+        (:mod:`l1pca.kernels.compile_queue`), so no request waits on the compiler. False: the
+        batch compiles its program first.
     """
 
     def __init__(self, backend="auto", *, workers=1, max_batch_size=16, metrics=None,
                  fault_inject=None, sharded_min_rows=0, solver_process="auto", solver_threads=1,
-                 compile_cache=None, solve_timeout_s=0.0):
+                 compile_cache=None, solve_timeout_s=0.0, background_compile=True):
         jax_threads = int(solver_threads) or None
         if backend in ("auto", "jax"):  # before select_backend starts JAX to look for a GPU
             self.compile_cache = use_compile_cache(compile_cache)
@@ -142,6 +150,12 @@ class FitExecutor:
         self._pool_lock = threading.Lock()
         self._released = threading.Event()  # set at shutdown: ends injected hangs
         self._metrics = metrics
+        self._compile_mode = "background" if background_compile else "wait"
+        # This process's background compiles reach the metrics (and the children's, through
+        # SolverProcesses); the listener is removed at shutdown (the queue is process-wide).
+        self._on_compile = metrics.observe_compile if metrics is not None else None
+        if self._on_compile is not None:
+            COMPILES.add_listener(self._on_compile)
         self._faults = FaultInjector(fault_inject, self._released)
         if solver_process not in ("auto", "on", "off"):
             raise ValueError(f"solver_process={solver_process!r} is not one of auto, on, off")
@@ -156,7 +170,7 @@ class FitExecutor:
                 self.workers, preload=("l1pca.kernels.bitflip_jax",) if jax_here else (),
                 jax_threads=jax_threads if jax_here else None,
                 compile_cache=(self.compile_cache, compile_cache[1])
-                if jax_here and self.compile_cache else None)
+                if jax_here and self.compile_cache else None, on_compile=self._on_compile)
         # With solver processes, a thread per call a child can hold: the batch after the running one
         # waits in the child's pipe, not in this pool's queue.
         self.standby_batches = self.workers * (self._procs.depth - 1) if self._procs is not None else 0
@@ -184,7 +198,15 @@ class FitExecutor:
     def _may_run_here(self, batch: int) -> bool:
         return not self._in_process(batch, alone=True)
 
-    def shutdown(self):
+    def shutdown(self, compile_timeout_s=60.0):
+        """Stop: queued background compiles are dropped, and a running one is given up to
+        ``compile_timeout_s`` to end (the process would abort if it exited during a compile)."""
+        if self._on_compile is not None:
+            COMPILES.remove_listener(self._on_compile)
+        if not COMPILES.cancel(compile_timeout_s):
+            log.warning("a background compile is still running after %.0f s; stopping anyway",
+                        compile_timeout_s)
+        close_workers()
         self._released.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self._procs is not None:
@@ -199,15 +221,20 @@ class FitExecutor:
         there = frozenset.intersection(*self._procs.broadcast("compiled"))
         return frozenset(key for key in there if key in here or not self._may_run_here(key[0]))
 
-    def _fit_many(self, mats, *args, clock: SolveClock, queued=False, **kwargs):
+    def _fit_many(self, mats, *args, clock: SolveClock, queued=False, program=None, **kwargs):
         """``fit_many`` in a solver process when the batch goes there, else in this thread;
         ``clock`` hears when it could start (in a child, after the call ahead); ``queued``: requests
-        were waiting when the batch was handed over."""
+        were waiting when the batch was handed over; ``program``: the JAX program the batch runs
+        (a compile key), None when it runs on NumPy."""
         with self._pool_lock:
             self._active += 1
             alone = self._active == 1 and not queued
         try:
-            if self._in_process(len(mats), alone=alone):
+            # With solver processes, this process never compiles: tracing a program holds the
+            # interpreter lock for seconds, and the event loop shares this one. A lone batch whose
+            # program this process does not hold goes to a child, which compiles in the background.
+            if self._in_process(len(mats), alone=alone) or (
+                    self._procs is not None and program is not None and not compiled(program)):
                 clock.mark(None)  # in the child's pipe: not started until its turn comes
                 return self._procs.call("fit_many", mats, *args, on_start=clock.mark, **kwargs)
             clock.mark(time.perf_counter())
@@ -339,13 +366,21 @@ class FitExecutor:
         mats = [X for X, _ in payloads]
         sharded = (self.sharded_min_rows > 0 and key.method == "bitflip" and backend != "numpy"
                    and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
-        options = SolveOptions(method=key.method, n_init=key.n_init, backend=backend)
+        options = SolveOptions(method=key.method, n_init=key.n_init, backend=backend,
+                               compile=self._compile_mode)
+        program = ((jax_batch_size(len(mats)), *key.bucket, key.n_components, key.n_init, True, True)
+                   if backend == "jax" and not sharded else None)
         results = self._fit_many(
             mats, key.n_components, options=options, center=key.center, seeds=seeds,
-            contamination=key.contamination, clock=clock, queued=queued,
+            contamination=key.contamination, clock=clock, queued=queued, program=program,
             **({"devices": "all"} if sharded else {}))
         if sharded and self._metrics is not None:
             self._metrics.sharded_fits.inc(len(mats))
+        if self._metrics is not None and backend == "jax":
+            # Fits that ran elsewhere than asked: on the host path while their program compiles.
+            on_host = sum(1 for m in results if m.backend != "jax")
+            if on_host:
+                self._metrics.host_path_fits.inc(on_host)
         if self._metrics is not None:
             # From when the solver could start it: a batch sent ahead waits for the one before it.
             self._metrics.solve_duration.labels(results[0].backend, key.method).observe(
@@ -353,18 +388,25 @@ class FitExecutor:
         return results
 
     # -- warm-up --------------------------------------------------------------------------------
-    def warm_up(self, shapes, components, *, n_init, should_stop=lambda: False, threads=None):
+    def warm_up(self, shapes, components, *, n_init, should_stop=lambda: False, threads=None,
+                wait=True):
         """Compile the solver for each (rows x cols) shape, each K and each batch size of the ladder
         (in every solver process when they are on: each compiles its own programs).
 
-        The compiles are independent and CPU-bound, so they run on ``threads`` threads (default: the
-        core count, at most 4). Blocks until done; the server calls it in a solver thread before it
-        reports SERVING. Returns the number of solver calls made (in one solver process, plus
-        those made in this process).
+        ``wait=True``: the compiles are independent and CPU-bound, so they run on ``threads``
+        threads (default: the core count, at most 4), and this blocks until they are done. Returns
+        the number of solver calls made (in one solver process, plus those made in this process).
+
+        ``wait=False`` (the server's default): the programs are queued for the background compiler
+        of every process that will run them (:mod:`l1pca.kernels.compile_queue`) and this returns at
+        once, with the number queued; fits of those shapes run on the host path until their program
+        is ready. Either way the solver processes are up and answering when it returns.
         """
         tasks = [(rows, cols, K, b, self._backend_for("bitflip", K))
                  for rows, cols in shapes for K in components if K <= min(rows, cols)
                  for b in (self.batch_sizes if self._backend_for("bitflip", K) == "jax" else (1,))]
+        if not wait:
+            return self._queue_compiles(tasks, n_init)
         if self._procs is None:
             return run_warm_up(tasks, n_init=n_init, should_stop=should_stop, threads=threads)
         here = [t for t in tasks if self._may_run_here(t[3])]
@@ -375,3 +417,20 @@ class FitExecutor:
             remote = min(self._procs.broadcast("warm_up", tasks, n_init=n_init, threads=threads),
                          default=0)
             return remote + local.result()
+
+    def _queue_compiles(self, tasks, n_init):
+        keys = [(b, *bucket_shape(rows, cols), K, n_init, True, True)
+                for rows, cols, K, b, backend in tasks if backend == "jax"]
+        if self._procs is None:
+            return sum(COMPILES.request(key) for key in keys)
+        # Only the children compile (see _fit_many); every child answers (so it is up: its imports
+        # are done) and queues its own compiles.
+        return min(self._procs.broadcast("request_compiles", keys), default=0)
+
+    def wait_compiles(self, timeout_s=None) -> bool:
+        """Block until no background compile is queued or running here and in every solver process
+        (tests, and benchmarks that must measure a warm server)."""
+        here = COMPILES.wait_idle(timeout_s)
+        if self._procs is None:
+            return here
+        return here and all(self._procs.broadcast("wait_compiles", timeout_s))

@@ -85,6 +85,22 @@ class ServiceMetrics:
         self.worker_restarts = Counter(
             "l1pca_worker_restarts", "Solver thread pools replaced after a hung solver call "
             "(--solve-timeout-s) or a pool that refused work.", registry=r)
+        self.compiles = Counter(
+            "l1pca_compiles", "JAX programs compiled in the background, by outcome (ok, failed).",
+            ("outcome",), registry=r)
+        self.compile_duration = Histogram(
+            "l1pca_compile_duration_seconds", "Time to compile one JAX program in the background.",
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.compile_queue = Gauge(
+            "l1pca_compile_queue_depth", "JAX programs queued or compiling in the background.",
+            registry=r)
+        self.host_path_fits = Counter(
+            "l1pca_host_path_fits", "Fits answered on the host path (NumPy, or CuPy on a GPU) "
+            "because the JAX program of their shape was still compiling.", registry=r)
+        self.oversized = Counter(
+            "l1pca_oversized_requests", "Requests refused because the message was larger than "
+            "--max-request-bytes (also counted in l1pca_requests_total as RESOURCE_EXHAUSTED).",
+            registry=r)
         self.serving = Gauge("l1pca_serving", "1 while the health status is SERVING.", registry=r)
         self.build = Info("l1pca_build", "Version, solver backend and device of this server.",
                           registry=r)
@@ -101,6 +117,18 @@ class ServiceMetrics:
             self.queue_dropped.labels(reason)
         for reason in ("full", "ahead", "delay", "idle", "drain"):
             self.batch_flushes.labels(reason)
+        for outcome in ("ok", "failed"):
+            self.compiles.labels(outcome)
+
+    def observe_compile(self, event):
+        """A background compile queued or finished (a :class:`l1pca.kernels.compile_queue.CompileEvent`,
+        from this process or from a solver process)."""
+        if event.kind == "queued":
+            self.compile_queue.inc()
+            return
+        self.compile_queue.dec()
+        self.compiles.labels("ok" if event.kind == "compiled" else "failed").inc()
+        self.compile_duration.observe(event.seconds)
 
     def observe_call(self, method, code, seconds):
         """A finished call (:class:`l1pca.service.errors.StatusInterceptor` calls this)."""

@@ -5,7 +5,10 @@ Lifecycle:
 1. ``start``: pick the backend (GPU if usable, else the CPU, logged), bind the port, serve
    ``grpc.health.v1`` (NOT_SERVING) and reflection, start the batcher and ``/metrics``. The L1PCA
    methods answer UNAVAILABLE until warm.
-2. ``warm_up``: compile the common shape buckets in a solver thread, then health SERVING.
+2. ``warm_up``: the solver processes answer, the warm-up shapes' programs are queued for the
+   background compiler (:mod:`l1pca.kernels.compile_queue`), then health SERVING: seconds after the
+   start, whatever the compile cache holds. Until a shape's program is compiled, its fits run on
+   the host path (NumPy) with the same answers. ``--warmup-wait on`` compiles first, then SERVING.
 3. ``stop(grace_s)``: health NOT_SERVING, no new calls, queued requests flushed at once, running calls
    given ``grace_s`` to finish; then the threads and the metrics endpoint stop.
 
@@ -98,6 +101,7 @@ class L1PCAServer:
         return self._ready
 
     async def start(self):
+        self._t_start = time.perf_counter()
         cfg = self.config
         credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)  # read first:
         if cfg.auth_token_file:                                                         # bad files
@@ -126,7 +130,9 @@ class L1PCAServer:
         servicer = L1PCAServicer(batcher=self.batcher,
                                  limits=Limits(cfg.max_rows, cfg.max_cols, cfg.max_n_init),
                                  executor=self._light, info=info, is_ready=lambda: self._ready)
-        interceptors = [StatusInterceptor(self.metrics.observe_call, inflight=self.metrics.inflight)]
+        interceptors = [StatusInterceptor(self.metrics.observe_call, inflight=self.metrics.inflight,
+                                          max_request_bytes=cfg.max_request_bytes,
+                                          on_oversized=self.metrics.oversized.inc)]
         if self.tokens is not None:  # outermost: a refused call reaches nothing else
             interceptors.insert(0, AuthInterceptor(self.tokens, observe=self.metrics.observe_call))
         # Beyond what can queue or compute, calls are refused by gRPC itself (cheap, before the
@@ -137,8 +143,12 @@ class L1PCAServer:
         self._grpc = grpc.aio.server(
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
             interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", cfg.max_request_bytes),
-                     ("grpc.max_send_message_length", -1)],
+            # gRPC itself refuses only messages over twice the limit (memory stays bounded); the
+            # status interceptor refuses the ones between with a message that says what to do,
+            # and counts and logs them. SO_REUSEPORT off: a second server on a bound port fails
+            # to start instead of silently sharing the port.
+            options=[("grpc.max_receive_message_length", 2 * cfg.max_request_bytes),
+                     ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_L1PCAServicer_to_server(servicer, self._grpc)
         self.health = HealthServicer()
@@ -150,10 +160,14 @@ class L1PCAServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = _address(cfg.host, cfg.port)
-        self.port = (self._grpc.add_insecure_port(address) if credentials is None
-                     else self._grpc.add_secure_port(address, credentials))
+        try:
+            self.port = (self._grpc.add_insecure_port(address) if credentials is None
+                         else self._grpc.add_secure_port(address, credentials))
+        except RuntimeError:  # grpcio raises on a failed bind
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot bind the gRPC port at {address}")
+            raise OSError(f"cannot bind the gRPC port {address}: it is in use (another l1pca serve?) "
+                          "or not available here; choose another with --port")
         await self._grpc.start()
         self.batcher.start()
         if cfg.metrics_port >= 0:
@@ -174,21 +188,27 @@ class L1PCAServer:
             tmp.replace(cfg.port_file)
 
     async def warm_up(self):
-        """Compile the warm-up shape buckets, then report SERVING."""
+        """Queue (or, with ``--warmup-wait on``, compile) the warm-up programs, then SERVING."""
         cfg = self.config
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         calls = await loop.run_in_executor(
             self.executor.pool, lambda: self.executor.warm_up(
                 cfg.warmup_shapes, cfg.warmup_components, n_init=DEFAULT_N_INIT,
-                should_stop=lambda: self._stopping))
+                should_stop=lambda: self._stopping, wait=cfg.warmup_wait))
         if self._stopping:
             return
         self._ready = True
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.metrics.serving.set(1)
-        log.info("warm-up done (%d solver calls in %.1f s): SERVING", calls, time.perf_counter() - t0)
+        if cfg.warmup_wait:
+            log.info("warm-up done (%d solver calls in %.1f s): SERVING", calls,
+                     time.perf_counter() - t0)
+        else:
+            log.info("SERVING %.1f s after the start (%d warm-up programs compile in the background; "
+                     "their shapes run on NumPy until then)", time.perf_counter() - self._t_start,
+                     calls)
 
     def _run_batch(self, key, payloads):
         """The batcher's call: the batch to the executor, saying whether requests wait behind it."""

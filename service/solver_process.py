@@ -48,8 +48,23 @@ class SolverProcessDied(RuntimeError):
         self.started = started
 
 
-def _child_main(conn, preload=(), jax_threads=None, compile_cache=None):
-    """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes. With
+def _request_compiles(keys):
+    """Queue these programs for a background compile in this process (the warm-up)."""
+    from l1pca.kernels.compile_queue import COMPILES
+
+    return sum(COMPILES.request(key) for key in keys)
+
+
+def _wait_compiles(timeout_s=None):
+    from l1pca.kernels.compile_queue import COMPILES
+
+    return COMPILES.wait_idle(timeout_s)
+
+
+def _child_main(conn, preload=(), jax_threads=None, compile_cache=None, events=None):
+    """A solver process: answer ``(op, args, kwargs)`` messages until the pipe closes. ``events``
+    (a multiprocessing queue) hears this process's background compiles, for the server's log and
+    metrics. With
     ``compile_cache`` (``(directory, max_bytes)``) JAX keeps its programs there, as the server does
     (:func:`l1pca.service.jax_setup.use_compile_cache`); with ``jax_threads``, JAX's CPU pool is sized
     first (:func:`l1pca.service.jax_setup.size_jax_pool`)."""
@@ -63,12 +78,21 @@ def _child_main(conn, preload=(), jax_threads=None, compile_cache=None):
         size_jax_pool(jax_threads)
     for name in preload:  # before any thread of the child imports it lazily (a half-imported module)
         importlib.import_module(name)
+    from l1pca.kernels.compile_queue import COMPILES, compiled_buckets
     from l1pca.kernels.fitting import fit_many
-    from l1pca.kernels.solve import compiled_buckets
 
     from .warmup import run_warm_up
 
-    ops = {"fit_many": fit_many, "warm_up": run_warm_up, "compiled": compiled_buckets}
+    if events is not None:
+        COMPILES.add_listener(events.put)
+    import atexit
+
+    from l1pca.kernels.compile_queue import close_workers
+
+    atexit.register(close_workers)
+    ops = {"fit_many": fit_many, "warm_up": run_warm_up, "compiled": compiled_buckets,
+           "request_compiles": _request_compiles, "wait_compiles": _wait_compiles,
+           "ping": lambda: True}
     while True:
         try:
             op, args, kwargs = conn.recv()
@@ -96,10 +120,10 @@ class _Child:
     """One solver process and its pipe. Calls are answered in the order they were sent; up to
     :data:`PIPELINE_DEPTH` callers may wait on it, each for its own answer."""
 
-    def __init__(self, ctx, preload, jax_threads=None, compile_cache=None):
+    def __init__(self, ctx, preload, jax_threads=None, compile_cache=None, events=None):
         self.conn, child_end = ctx.Pipe()
         self.process = ctx.Process(target=_child_main,
-                                   args=(child_end, preload, jax_threads, compile_cache),
+                                   args=(child_end, preload, jax_threads, compile_cache, events),
                                    daemon=True, name="l1pca-solver")
         self.process.start()
         child_end.close()
@@ -187,11 +211,19 @@ class SolverProcesses:
         Threads of JAX's CPU backend in each child (None: XLA's default, one per CPU).
     compile_cache : (str, int), optional
         ``(directory, max_bytes)`` of JAX's persistent compilation cache in each child (None: none).
+    on_compile : callable, optional
+        ``on_compile(CompileEvent)`` for each background compile a child queues or finishes
+        (:mod:`l1pca.kernels.compile_queue`), called from a reader thread of this process.
     """
 
     def __init__(self, count: int, preload=(), depth: int = PIPELINE_DEPTH, jax_threads=None,
-                 compile_cache=None):
+                 compile_cache=None, on_compile=None):
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._events = None
+        if on_compile is not None:
+            self._events = self._ctx.Queue()
+            threading.Thread(target=self._read_events, args=(self._events, on_compile),
+                             name="l1pca-compile-events", daemon=True).start()
         self._preload = tuple(preload)
         self._jax_threads = jax_threads
         self._compile_cache = compile_cache
@@ -202,8 +234,9 @@ class SolverProcesses:
         self.calls = 0  # calls taken by call_timed (each attempt; counted in _take), for tests
 
     def call(self, op: str, *args, **kwargs):
-        """Run ``op`` (``"fit_many"``, ``"warm_up"`` or ``"compiled"``) in the least busy child with
-        room; its result or exception."""
+        """Run ``op`` (``"fit_many"``, ``"warm_up"``, ``"compiled"``, ``"request_compiles"``,
+        ``"wait_compiles"`` or ``"ping"``) in the least busy child with room; its result or
+        exception."""
         return self.call_timed(op, *args, **kwargs)[0]
 
     def call_timed(self, op: str, *args, on_start=None, **kwargs):
@@ -273,10 +306,31 @@ class SolverProcesses:
             self._cond.notify_all()
         for child in children:
             child.kill(close_pipe=child.inflight == 0)
+        if self._events is not None:
+            self._events.put(None)  # ends the reader thread
 
     # -- internals ------------------------------------------------------------------------------
     def _new_child(self) -> _Child:
-        return _Child(self._ctx, self._preload, self._jax_threads, self._compile_cache)
+        return _Child(self._ctx, self._preload, self._jax_threads, self._compile_cache, self._events)
+
+    @staticmethod
+    def _read_events(events, on_compile):
+        while True:
+            try:
+                event = events.get()
+            except (EOFError, OSError, ValueError):  # the queue was closed at shutdown
+                return
+            if event is None:
+                return
+            if event.kind != "queued":  # the child's own log is not the server's: say it here
+                from l1pca.kernels.compile_queue import describe
+
+                log.info("solver process: %s the JAX program %s in %.2f s%s", event.kind,
+                         describe(event.key), event.seconds, f" ({event.error})" if event.error else "")
+            try:
+                on_compile(event)
+            except Exception:  # noqa: BLE001 - a metrics bug must not stop the reader
+                log.exception("compile event listener failed")
 
     def _take(self) -> _Child:
         with self._cond:

@@ -43,7 +43,7 @@ __all__ = ["TEST_CONFIG", "TEST_FLAGS", "ServeProcess", "ServerThread", "free_po
 # JAX cache in the home directory. ServerThread's defaults (as ServeConfig fields) ...
 TEST_CONFIG = dict(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                    backend="numpy", warmup_shapes=(), warmup_components=(1,), max_delay_ms=2.0,
-                   grace_s=5.0, compile_cache_dir="")
+                   grace_s=5.0, compile_cache_dir="", warmup_wait=True)
 # ... and the same as `l1pca serve` flags, for ServeProcess(*TEST_FLAGS, ...). Flags given after
 # them win (argparse keeps the last value).
 TEST_FLAGS = ("--backend", "numpy", "--warmup-shapes", "", "--compile-cache-dir", "")

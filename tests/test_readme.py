@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,13 +61,27 @@ def test_command_line_example_runs_as_written(tmp_path):
 
 
 @pytest.mark.slow
-def test_service_example_runs_against_a_server(tmp_path):
-    from l1pca.service.testing import ServerThread
+def test_service_example_runs_against_make_serve(tmp_path):
+    """The README's sequence as written: `make serve` (its port moved off 50051, so a server the
+    developer runs is left alone), wait for SERVING, then the Python block."""
+    from l1pca.service.testing import free_port, wait_until
 
     code = _code("Service", "python")
-    assert '"127.0.0.1:50051"' in code
-    with ServerThread() as srv:
-        code = code.replace('"127.0.0.1:50051"', repr(srv.target))
+    assert '"127.0.0.1:50051"' in code and "make serve" in _section("Service")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    args = f"--port {port} --metrics-port 0 --compile-cache-dir {tmp_path / 'cache'}"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["make", "-s", "serve", f"SERVE_ARGS={args}"], cwd=README.parent,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_until(lambda: "SERVING" in log.read_text() or proc.poll() is not None,
+                          timeout=120), log.read_text()[-2000:]
+        assert proc.poll() is None, log.read_text()[-2000:]
+        code = code.replace('"127.0.0.1:50051"', repr(f"127.0.0.1:{port}"))
         out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                              text=True, timeout=300, check=True).stdout.splitlines()
-    assert out[0].startswith("(200, 2) ") and out[1] == "numpy"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # make and the server it started
+        proc.wait(120)
+    assert out[0].startswith("(200, 2) ") and out[1] == "jax"  # the default backend on a CPU

@@ -1,6 +1,12 @@
 """Render the kustomize overlays and validate every object offline.
 
-    python deploy/tools/k8s_check.py          # both overlays and the multi-host Job
+    python deploy/tools/k8s_check.py          # the base, both overlays (each also with the
+                                              # prometheus-operator component) and the multi-host Job
+
+* The base and the overlays as committed hold no prometheus-operator kinds, so they apply to any
+  cluster; the optional component deploy/k8s/components/prometheus-operator adds the ServiceMonitor
+  and the PrometheusRule. Each overlay is also rendered the way docs/deploy.md tells a user to add
+  the component: with its commented ``components:`` lines uncommented, in a copy.
 
 * Built-in kinds: strictly (unknown fields are errors) against the Kubernetes OpenAPI schemas the
   ``kubernetes-validate`` package ships, for each version in :data:`K8S_VERSIONS`.
@@ -14,8 +20,10 @@ ports, probes, grace periods, the ConfigMap against the server's flags).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -26,7 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loopback import DEPLOY, ensure_tool  # noqa: E402
 
 K8S = DEPLOY / "k8s"
+BASE = K8S / "base"
 OVERLAYS = {"cpu": K8S / "overlays" / "cpu", "gpu": K8S / "overlays" / "gpu"}
+MONITORING = K8S / "components" / "prometheus-operator"
+# The lines each overlay carries, commented out, that add MONITORING (docs/deploy.md, step 3).
+MONITORING_LINES = "# components:\n#   - ../../components/prometheus-operator\n"
+OPERATOR_API = "monitoring.coreos.com/"
 MULTIHOST_JOB = K8S / "multihost" / "job.yaml"
 SCHEMAS = K8S / "schemas"
 
@@ -51,6 +64,28 @@ def kustomize_build(path, kustomize: str) -> list:
     if proc.returncode != 0:
         raise RuntimeError(f"kustomize build {path} failed:\n{proc.stderr}")
     return load_all(proc.stdout)
+
+
+def kustomize_build_monitored(overlay, kustomize: str) -> list:
+    """``overlay`` rendered with the prometheus-operator component: a copy of deploy/k8s in which
+    the overlay's commented :data:`MONITORING_LINES` are uncommented, as a user would do."""
+    overlay = Path(overlay)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "k8s"
+        shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("schemas"))
+        kfile = copy / overlay.relative_to(K8S) / "kustomization.yaml"
+        text = kfile.read_text()
+        if MONITORING_LINES not in text:
+            raise RuntimeError(f"{overlay.relative_to(DEPLOY.parent)}/kustomization.yaml lacks the "
+                               f"commented lines that add the component:\n{MONITORING_LINES}")
+        kfile.write_text(text.replace(MONITORING_LINES, "components:\n"
+                                      "  - ../../components/prometheus-operator\n"))
+        return kustomize_build(kfile.parent, kustomize)
+
+
+def operator_objects(objects) -> list:
+    """The prometheus-operator objects (monitoring.coreos.com) among ``objects``."""
+    return [o for o in objects if str(o.get("apiVersion", "")).startswith(OPERATOR_API)]
 
 
 def kubectl_kustomize(path, kubectl: str) -> list:
@@ -108,10 +143,20 @@ def main():
     if kustomize is None:
         raise SystemExit(why)
     errors = []
+    renderings = [("base", lambda: kustomize_build(BASE, kustomize), False)]
     for overlay, path in OVERLAYS.items():
-        objects = kustomize_build(path, kustomize)
+        renderings += [
+            (f"overlays/{overlay}", lambda path=path: kustomize_build(path, kustomize), False),
+            (f"overlays/{overlay} + components/prometheus-operator",
+             lambda path=path: kustomize_build_monitored(path, kustomize), True)]
+    for label, build, monitored in renderings:
+        objects = build()
         errs = validate_all(objects)
-        print(f"overlays/{overlay}: {len(objects)} objects, {len(errs)} errors "
+        kinds = sorted(o["kind"] for o in operator_objects(objects))
+        if kinds != (["PrometheusRule", "ServiceMonitor"] if monitored else []):
+            errs.append(f"{label}: prometheus-operator objects {kinds}; expected "
+                        + ("a PrometheusRule and a ServiceMonitor" if monitored else "none"))
+        print(f"{label}: {len(objects)} objects, {len(errs)} errors "
               f"(Kubernetes {', '.join(K8S_VERSIONS)})")
         errors += errs
     objects = load_all(MULTIHOST_JOB.read_text())

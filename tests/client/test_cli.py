@@ -11,8 +11,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from l1pca.client import Model
-from l1pca.client.cli import ProgressBar, load_matrix
-from l1pca.kernels import L1PCA
+from l1pca.client.cli import ProgressBar, load_matrix, main
+from l1pca.kernels import L1PCA, InputError
 
 
 def run_cli(*args, cwd=None):
@@ -115,3 +115,108 @@ def test_progress_bar_draws_on_stderr():
     with ProgressBar("x", stream=quiet, delay_s=10.0) as bar:
         bar.update(1, 1)
     assert quiet.getvalue() == ""  # short fits draw nothing
+
+
+# -- one error story: the argument, the place, what was expected -----------------------------------
+def test_a_1d_npy_exits_2_naming_the_shape(tmp_path):
+    np.save(tmp_path / "v.npy", np.arange(5.0))
+    r = run_cli("fit", tmp_path / "v.npy", "-o", tmp_path / "o")
+    assert r.returncode == 2, r.stderr
+    assert "l1pca fit: error: DATA must be 2-D (n_samples, n_features); got 1-D array of shape (5,)" \
+        in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda X: X, "DATA must be finite; found nan at row 5, column 3"),
+    (lambda X: X.astype(np.float32), "DATA must be finite; found nan at row 5, column 3"),
+])
+def test_nan_in_data_is_located(tmp_path, capsys, make, expected):
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    X[5, 3] = np.nan
+    np.save(tmp_path / "x.npy", make(X))
+    assert main(["fit", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert expected in capsys.readouterr().err
+    with pytest.raises(InputError, match="DATA must be finite; found nan at row 5, column 3"):
+        load_matrix(tmp_path / "x.npy")
+
+
+def test_a_text_cell_in_a_csv_is_located(tmp_path, capsys):
+    (tmp_path / "x.csv").write_text("a,b,c\n1,2,3\n4,5,6\n7,oops,9\n")
+    assert main(["score", str(tmp_path / "x.csv"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"l1pca score: error: DATA must hold numbers; found 'oops' at row 2, column 1 (line 4 of " \
+           f"{tmp_path / 'x.csv'})" in err
+    (tmp_path / "r.csv").write_text("1,2,3\n4,5\n")
+    with pytest.raises(ValueError, match=r"same number of columns in every row; row 1 \(line 2 of"):
+        load_matrix(tmp_path / "r.csv")
+    (tmp_path / "h.csv").write_text("a,b\n")  # a header and no data
+    with pytest.raises(ValueError, match="DATA must have at least one sample and one feature"):
+        load_matrix(tmp_path / "h.csv")
+
+
+def test_a_npy_that_is_not_an_array_exits_2(tmp_path):
+    (tmp_path / "x.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(ValueError, match=r"DATA=.*x.npy': cannot read it as .npy"):
+        load_matrix(tmp_path / "x.npy")
+    np.save(tmp_path / "s.npy", np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(TypeError, match="DATA must hold real numbers"):
+        load_matrix(tmp_path / "s.npy")
+
+
+def test_model_that_is_not_a_model_file_exits_2(cancer, tmp_path):
+    d, X = cancer
+    r = run_cli("fit", d / "cancer.npy", "-k", 1, "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 0, r.stderr
+    comps = tmp_path / "out" / "components.npy"
+    r = run_cli("score", d / "cancer.npy", "--model", comps, "-o", tmp_path / "s")
+    assert r.returncode == 2
+    assert (f"l1pca score: error: --model={str(comps)!r} is not a model file written by `l1pca fit` "
+            "(model.npz): it is a .npy array") in r.stderr
+    assert "Traceback" not in r.stderr and "context manager" not in r.stderr
+
+
+def _bad_model_files(tmp_path):
+    good = tmp_path / "model.npz"
+    Model(components=np.eye(2, 3), center=np.zeros(3), threshold=1.0).save(good)
+    meta = json.dumps({"threshold": 1.0, "method": "bitflip", "objective": 1.0, "n_samples": 4,
+                       "backend": "numpy", "n_flips": 0, "converged": True})
+    files = {
+        "other.npz": (dict(a=np.eye(2)), "it lacks components, center, meta (it holds a)"),
+        "json.npz": (dict(components=np.eye(2, 3), center=np.zeros(3), meta=np.array("{oops")),
+                     "its contents are not valid (Expecting property name"),
+        "keys.npz": (dict(components=np.eye(2, 3), center=np.zeros(3),
+                          meta=np.array(json.dumps({"threshold": 1.0}))),
+                     "its meta header lacks 'method'"),
+        "shape.npz": (dict(components=np.eye(2, 3), center=np.zeros(2), meta=np.array(meta)),
+                      "components must be (n_components, n_features) and center (n_features,)"),
+    }
+    for name, (arrays, _) in files.items():
+        np.savez(tmp_path / name, **arrays)
+    (tmp_path / "junk.npz").write_bytes(b"junk" * 10)
+    cases = {name: reason for name, (_, reason) in files.items()}
+    cases.update({"junk.npz": "it is not an .npz archive", "missing.npz": "no such file"})
+    return good, cases
+
+
+def test_model_load_refuses_what_fit_did_not_write(tmp_path, capsys):
+    good, cases = _bad_model_files(tmp_path)
+    assert Model.load(good).threshold == 1.0
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(10, 3)))
+    for name, reason in cases.items():
+        path = tmp_path / name
+        with pytest.raises(InputError) as err:
+            Model.load(path)
+        assert str(err.value).startswith(f"path={str(path)!r} is not a model file written by "
+                                         "`l1pca fit` (model.npz): "), err.value
+        assert reason in str(err.value)
+        assert main(["score", str(tmp_path / "x.npy"), "--model", str(path), "-o",
+                     str(tmp_path / "o"), "--quiet"]) == 2
+        assert f"--model={str(path)!r} is not a model file" in capsys.readouterr().err
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"l1pca {version('l1pca')}"

@@ -14,7 +14,7 @@ from l1pca.client import AsyncClient, Client, ClientError, Model, Retry
 from l1pca.client.cli import main as cli_main
 from l1pca.client.grpc_client import resolve_target
 from l1pca.kernels import L1PCA
-from l1pca.service.testing import ServerThread, free_port, value
+from l1pca.service.testing import ServerThread, free_port, sample_sum, value
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
 
@@ -89,7 +89,7 @@ def test_client_side_checks_send_nothing(server):
     with Client(server.target) as client:
         for args, expected in (((bad, 1), "X must be finite; found inf at row 2, column 3"),
                                ((X, 7), "n_components=7 must be an int in [1, min"),
-                               ((X[0], 1), "non-empty 2-D array"),
+                               ((X[0], 1), "X must be 2-D (n_samples, n_features); got 1-D"),
                                ((X.astype(complex), 1), "real numbers")):
             with pytest.raises(ClientError) as err:
                 client.fit(*args)
@@ -141,6 +141,9 @@ def test_retry_backoff_is_full_jitter_and_capped():
     assert not retry.retryable(grpc.StatusCode.INVALID_ARGUMENT, "")
     assert not retry.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                "Received message larger than max (5 vs. 4)")
+    assert not retry.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               "the request is 5 bytes, more than this server's --max-request-bytes=4")
+    assert retry.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, "the queue is full (--max-queue=1)")
 
 
 def test_resolve_target():
@@ -182,13 +185,119 @@ def test_cli_fit_and_score_with_server_equal_local(server, tmp_path):
                                np.load(tmp_path / "mlocal" / "entry_scores.npy"), rtol=0, atol=0)
 
 
-def test_cli_reports_a_server_error_with_its_code(server, tmp_path, capsys):
+def test_cli_exits_2_when_the_server_refuses_the_input(server, tmp_path, capsys):
     data = tmp_path / "x.npy"
     np.save(data, X)
     status = cli_main(["fit", str(data), "--server", server.target, "--n-init", "99", "--quiet",
                        "-o", str(tmp_path / "o")])
-    assert status == 1
-    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        "l1pca fit: error: INVALID_ARGUMENT: options.n_init=99 exceeds this server's limit of 16")
+
+
+def test_cli_with_nan_data_says_the_same_with_and_without_server(server, tmp_path, capsys):
+    bad = X.copy()
+    bad[5, 3] = np.nan
+    np.save(tmp_path / "x.npy", bad)
+    words = "DATA must be finite; found nan at row 5, column 3"
+    for extra in ([], ["--server", server.target]):
+        assert cli_main(["fit", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o"), "--quiet",
+                         *extra]) == 2
+        assert words in capsys.readouterr().err
+    with Client(server.target) as client, pytest.raises(ClientError) as err:
+        client.fit(bad, 1)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "X must be finite; found nan at row 5, column 3" in err.value.details
+    with pytest.raises(ValueError, match=r"X must be finite; found nan at row 5, column 3"):
+        L1PCA(1).fit(bad)
+
+
+def test_cli_with_no_server_fails_within_the_connect_timeout(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "x.npy"
+    np.save(data, X)
+    port = free_port()  # nothing listens there
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "l1pca.client.cli", "fit", str(data), "--server",
+                        f"127.0.0.1:{port}", "--connect-timeout-s", "1", "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (f"l1pca fit: server error UNAVAILABLE: no server at 127.0.0.1:{port} "
+                                "(nothing answered within 1 s)")
+    assert elapsed < 20  # the interpreter's start and imports, then 1 s, not --timeout-s (60)
+
+
+def test_wait_for_server(server):
+    port = free_port()
+    for timeout_s in (0.5, 1):
+        t0 = time.perf_counter()
+        with Client(f"127.0.0.1:{port}", timeout_s=60) as client, pytest.raises(ClientError) as err:
+            client.wait_for_server(timeout_s)
+        assert time.perf_counter() - t0 < timeout_s + 1.0
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert err.value.details == (f"no server at 127.0.0.1:{port} (nothing answered within "
+                                     f"{timeout_s:g} s)")
+
+    async def no_server():
+        async with AsyncClient(f"127.0.0.1:{port}") as client:
+            await client.wait_for_server(0.5)
+
+    with pytest.raises(ClientError, match="no server at"):
+        asyncio.run(no_server())
+
+    async def up():
+        async with AsyncClient(server.target) as client:
+            await client.wait_for_server(5)
+            return await client.fit(X, 1, seed=0)
+
+    with Client(server.target) as client:
+        client.wait_for_server(5)  # returns as soon as the channel is connected
+        assert client.fit(X, 1, seed=0).n_features == 6
+    assert asyncio.run(up()).n_features == 6
+
+
+def test_a_request_over_the_size_limit_says_what_to_do(tmp_path, capsys):
+    rows = np.random.default_rng(2).normal(size=(1600, 8))  # 102 KB as float64
+    with ServerThread(max_request_bytes=16 * 1024, max_rows=1000) as srv, \
+            Client(srv.target, timeout_s=30) as client:
+        # Over the limit (25 KB: the server's refusal) and far over it (102 KB: gRPC's own): one
+        # attempt each, no retries, and the advice in either case.
+        for X_big in (rows[:400], rows):
+            t0 = time.perf_counter()
+            with pytest.raises(ClientError) as err:
+                client.fit(X_big, 1)
+            assert time.perf_counter() - t0 < 2.0
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "more than this server" in err.value.details
+            for advice in ("send float32 data (half the bytes)", "split the rows",
+                           "a larger --max-request-bytes", "`l1pca fit` without --server"):
+                assert advice in err.value.details, err.value.details
+            assert err.value.details.startswith("the request is "), err.value.details
+        assert client.fit(rows[:400].astype(np.float32)[:300], 1).n_features == 8  # 9.6 KB
+        # Once the client knows the limits, it refuses such requests without sending them.
+        info = client.server_info()
+        assert client.limits == (1000, info.max_cols, 16 * 1024)
+        before = sample_sum(srv.metrics(), "l1pca_requests_total", method="Fit")
+        with pytest.raises(ClientError) as err:
+            client.fit(rows[:400], 1)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.value.details.startswith("the request is ") and \
+            "more than this server's --max-request-bytes=16384: send float32" in err.value.details
+        with pytest.raises(ClientError) as err:
+            client.score_outliers(rows.astype(np.float32)[:, :2], n_components=1)  # 1600 rows
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "X.rows=1600 exceeds this server's limit of 1000 rows" in err.value.details
+        assert sample_sum(srv.metrics(), "l1pca_requests_total", method="Fit") == before
+        # The CLI: status 1 (the server cannot take it; the input is fine) and the advice.
+        np.save(tmp_path / "big.npy", rows[:400])
+        assert cli_main(["fit", str(tmp_path / "big.npy"), "--server", srv.target, "--quiet",
+                         "-o", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("l1pca fit: server error RESOURCE_EXHAUSTED: the request is ")
+        assert "send float32 data" in err
 
 
 class _CancelsFirst(pb_grpc.L1PCAServicer):

@@ -29,7 +29,8 @@ from loopback import ensure_tool  # noqa: E402
 
 OVERLAYS = tuple(k8s_check.OVERLAYS)
 EXPECTED_KINDS = sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                         "PrometheusRule", "Service", "Service", "ServiceMonitor"])
+                         "Service", "Service"])
+OPERATOR_KINDS = ["PrometheusRule", "ServiceMonitor"]  # the optional prometheus-operator component
 IMAGE_TAG = {"cpu": "l1pca:cpu", "gpu": "l1pca:cuda"}
 ADAPTER_VALUES = ROOT / "deploy/k8s/prometheus-adapter/values.yaml"
 PROMETHEUS_YML = ROOT / "deploy/prometheus/prometheus.yml"
@@ -45,7 +46,15 @@ def kustomize():
 
 @pytest.fixture(scope="module")
 def rendered(kustomize):
+    """Each overlay as committed: no prometheus-operator objects."""
     return {name: k8s_check.kustomize_build(path, kustomize) for name, path in k8s_check.OVERLAYS.items()}
+
+
+@pytest.fixture(scope="module")
+def monitored(kustomize):
+    """Each overlay with the prometheus-operator component, added as docs/deploy.md says."""
+    return {name: k8s_check.kustomize_build_monitored(path, kustomize)
+            for name, path in k8s_check.OVERLAYS.items()}
 
 
 def one(objects, kind, name=None):
@@ -76,12 +85,42 @@ def port_number(c, name):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_every_object(rendered, overlay):
     assert sorted(o["kind"] for o in rendered[overlay]) == EXPECTED_KINDS
+    assert k8s_check.operator_objects(rendered[overlay]) == []
+
+
+def test_base_renders_and_validates_without_prometheus_operator(kustomize):
+    """A cluster without the operator's CRDs accepts every object of the base and the overlays."""
+    objects = k8s_check.kustomize_build(k8s_check.BASE, kustomize)
+    assert sorted(o["kind"] for o in objects) == EXPECTED_KINDS
+    assert not [o for o in objects if "monitoring.coreos.com" in o["apiVersion"]]
+    assert k8s_check.validate_all(objects) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_component_adds_the_servicemonitor_and_prometheusrule(rendered, monitored, overlay):
+    added = k8s_check.operator_objects(monitored[overlay])
+    assert sorted(o["kind"] for o in added) == OPERATOR_KINDS
+    assert {o["apiVersion"] for o in added} == {"monitoring.coreos.com/v1"}
+    assert k8s_check.validate_all(added) == []
+    # Everything else is the overlay as committed.
+    rest = [o for o in monitored[overlay] if o not in added]
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    assert sorted(rest, key=key) == sorted(rendered[overlay], key=key)
+
+
+def test_the_component_is_a_kustomize_component():
+    doc = yaml.safe_load((k8s_check.MONITORING / "kustomization.yaml").read_text())
+    assert doc["kind"] == "Component" and doc["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert sorted(doc["resources"]) == ["prometheusrule.yaml", "servicemonitor.yaml"]
+    base = yaml.safe_load((k8s_check.BASE / "kustomization.yaml").read_text())
+    assert not set(doc["resources"]) & set(base["resources"])
 
 
 @pytest.mark.parametrize("version", k8s_check.K8S_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_objects_validate_strictly(rendered, overlay, version):
+def test_overlay_objects_validate_strictly(rendered, monitored, overlay, version):
     assert k8s_check.validate_all(rendered[overlay], versions=(version,)) == []
+    assert k8s_check.validate_all(monitored[overlay], versions=(version,)) == []
 
 
 @pytest.mark.parametrize("version", k8s_check.K8S_VERSIONS)
@@ -91,9 +130,9 @@ def test_multihost_job_validates_strictly(version):
     assert k8s_check.validate_all(objects, versions=(version,)) == []
 
 
-def test_validation_rejects_mistakes(rendered):
+def test_validation_rejects_mistakes(monitored):
     """The checks are strict: a misspelt field, a wrong type, a bad duration, an unknown kind."""
-    objects = rendered["gpu"]
+    objects = monitored["gpu"]
     deployment = copy.deepcopy(one(objects, "Deployment"))
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["servce"] = "x"
     assert "servce" in "".join(k8s_check.validate_object(deployment, k8s_check.MIN_K8S_VERSION))
@@ -239,8 +278,8 @@ def test_services_select_the_pods(rendered, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_servicemonitor_scrapes_the_metrics_service_as_job_l1pca(rendered, overlay):
-    objects = rendered[overlay]
+def test_servicemonitor_scrapes_the_metrics_service_as_job_l1pca(monitored, overlay):
+    objects = monitored[overlay]
     monitor = one(objects, "ServiceMonitor")
     services = [s for s in objects if s["kind"] == "Service"
                 and selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
@@ -290,13 +329,13 @@ def test_prometheus_adapter_rule():
         assert part in rule["metricsQuery"]
 
 
-def test_prometheusrule_is_generated_from_the_rule_files(rendered):
+def test_prometheusrule_is_generated_from_the_rule_files(monitored):
     assert gen_prometheusrule.main(["--check"]) == 0, \
         "run python deploy/tools/gen_prometheusrule.py"
     groups = []
     for path in gen_prometheusrule.RULE_FILES:
         groups += yaml.safe_load(path.read_text())["groups"]
-    for objects in rendered.values():
+    for objects in monitored.values():
         assert one(objects, "PrometheusRule")["spec"]["groups"] == groups
 
 

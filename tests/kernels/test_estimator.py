@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from l1pca.kernels import L1PCA, solve
+from l1pca.kernels import L1PCA, InputError, solve
 
 _CONVENTION = (
     "score_samples is a distance from the L1 subspace (higher = more outlying, as the product "
@@ -120,3 +120,22 @@ def test_fit_reports_progress():
     seen = []
     L1PCA(1, n_init=3, backend="numpy").fit(X, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_nan_and_inf_are_located_in_the_library_s_words():
+    X, _ = _faulty_data(8, n=40)
+    bad = X.copy()
+    bad[5, 3] = np.nan
+    words = "X must be finite; found nan at row 5, column 3"
+    for given in (bad, bad.tolist(), bad.astype(np.float32), bad.astype(object)):
+        with pytest.raises(InputError, match=words):
+            L1PCA(1).fit(given)
+    est = L1PCA(1, backend="numpy", random_state=0).fit(X)
+    inf = X[:8].copy()
+    inf[2, 0] = -np.inf
+    for method in (est.transform, est.score_samples, est.score_entries, est.predict,
+                   est.decision_function, est.residuals):
+        with pytest.raises(InputError, match="X must be finite; found -inf at row 2, column 0"):
+            method(inf)
+    with pytest.raises(ValueError, match=words):  # the same words from the functional API
+        solve(bad, 1)

@@ -13,8 +13,10 @@ from l1pca.client import Client
 from l1pca.kernels.backends import use_compile_cache
 
 X = np.random.default_rng(7).normal(size=(16, 4))
+# --warmup-wait on: the warm-up compiles (or loads) its programs before SERVING, so the first start
+# has written them all when it stops.
 JAX_FLAGS = ("--backend", "jax", "--warmup-shapes", "16x4", "--warmup-components", "1",
-             "--max-batch-size", "2")
+             "--max-batch-size", "2", "--warmup-wait", "on")
 
 
 def _entries(cache):

@@ -160,7 +160,7 @@ def test_auto_fits_a_lone_request_here_and_batches_in_the_child():
     another call computes (next test) or others wait in the server's queue; a lone request with
     nothing else to do runs in this process. Warm-up compiles every batch size in the child and
     batch size 1 here too; each child holds a standby batch."""
-    from l1pca.kernels.solve import compiled_buckets
+    from l1pca.kernels.compile_queue import compiled_buckets
 
     runner = FitExecutor("jax", solver_process="auto", max_batch_size=4)
     try:
