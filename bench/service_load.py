@@ -156,17 +156,20 @@ def make_pool(rows, cols, K, size=64, seed=0):
     return pool
 
 
-async def run_level(target, pool, K, concurrency, n_requests, timeout_s):
+async def run_requests(target, requests, concurrency, timeout_s, **client_options):
+    """``Fit`` each ``(X, K)`` of ``requests`` (seed = its index), ``concurrency`` always in flight:
+    ``{"latencies", "errors" (by status name), "wall_s"}``. ``client_options`` go to the
+    AsyncClient (``retry=None`` for none)."""
     from l1pca.client import AsyncClient
 
     latencies, errors = [], {}
-    counter = iter(range(n_requests))
-    async with AsyncClient(target, timeout_s=timeout_s) as client:
+    queue = iter(enumerate(requests))
+    async with AsyncClient(target, timeout_s=timeout_s, **client_options) as client:
         async def worker():
-            for i in counter:
+            for i, (X, K) in queue:
                 t0 = time.perf_counter()
                 try:
-                    await client.fit(pool[i % len(pool)], K, seed=i)
+                    await client.fit(X, K, seed=i)
                     latencies.append(time.perf_counter() - t0)
                 except Exception as exc:  # counted, reported
                     name = getattr(getattr(exc, "code", None), "name", type(exc).__name__)
@@ -176,6 +179,11 @@ async def run_level(target, pool, K, concurrency, n_requests, timeout_s):
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return {"latencies": latencies, "errors": errors, "wall_s": wall}
+
+
+async def run_level(target, pool, K, concurrency, n_requests, timeout_s):
+    return await run_requests(target, [(pool[i % len(pool)], K) for i in range(n_requests)],
+                              concurrency, timeout_s)
 
 
 def measure_level(servers, pool, K, concurrency, n_requests, rounds, timeout_s):

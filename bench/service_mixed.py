@@ -32,6 +32,7 @@ import numpy as np
 
 from _report import machine, machine_sentence
 from l1pca.service import testing
+from service_load import run_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,31 +75,15 @@ def workload(shapes, n_requests, seed=1):
     return [(mats[shapes[i]], shapes[i][2]) for i in order[:n_requests]]
 
 
-async def run_level(target, requests, concurrency, timeout_s):
-    from l1pca.client import AsyncClient
-
-    latencies, errors = [], {}
-    queue = iter(enumerate(requests))
-    # No retries: a request either answers within the timeout or counts as its error.
-    async with AsyncClient(target, timeout_s=timeout_s, retry=None) as client:
-        async def worker():
-            for i, (X, K) in queue:
-                t0 = time.perf_counter()
-                try:
-                    await client.fit(X, K, seed=i)
-                    latencies.append(time.perf_counter() - t0)
-                except Exception as exc:  # counted, reported
-                    name = getattr(getattr(exc, "code", None), "name", type(exc).__name__)
-                    errors[name] = errors.get(name, 0) + 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return {"ok": len(latencies), "errors": errors, "wall_s": wall,
-            "throughput_rps": len(latencies) / wall,
-            "p50_ms": 1e3 * float(np.percentile(latencies, 50)) if latencies else float("nan"),
-            "p99_ms": 1e3 * float(np.percentile(latencies, 99)) if latencies else float("nan"),
-            "max_ms": 1e3 * max(latencies, default=float("nan"))}
+def run_level(target, requests, concurrency, timeout_s):
+    """The requests at this concurrency, no retries: throughput, p50, p99, max, errors."""
+    run = asyncio.run(run_requests(target, requests, concurrency, timeout_s, retry=None))
+    lat = run["latencies"]
+    return {"ok": len(lat), "errors": run["errors"], "wall_s": run["wall_s"],
+            "throughput_rps": len(lat) / run["wall_s"],
+            "p50_ms": 1e3 * float(np.percentile(lat, 50)) if lat else float("nan"),
+            "p99_ms": 1e3 * float(np.percentile(lat, 99)) if lat else float("nan"),
+            "max_ms": 1e3 * max(lat, default=float("nan"))}
 
 
 def counters(srv):
@@ -136,9 +121,9 @@ def main(argv=None):
         # Warm it: the whole workload once at each level, then wait for its compile queue to drain.
         t0 = time.perf_counter()
         for c in levels:
-            asyncio.run(run_level(warm.target, workload(shapes, len(shapes), seed=2), c, 600.0))
+            run_level(warm.target, workload(shapes, len(shapes), seed=2), c, 600.0)
         testing.wait_until(lambda: counters(warm)["compile_queue"] == 0, timeout=3600, interval=1.0)
-        asyncio.run(run_level(warm.target, workload(shapes, len(shapes), seed=3), max(levels), 600.0))
+        run_level(warm.target, workload(shapes, len(shapes), seed=3), max(levels), 600.0)
         testing.wait_until(lambda: counters(warm)["compile_queue"] == 0, timeout=3600, interval=1.0)
         results["warming_s"] = time.perf_counter() - t0
         print(f"warm server ready after {results['warming_s']:.0f} s of warming", flush=True)
@@ -146,7 +131,7 @@ def main(argv=None):
             cold, cold_start_s = start(work / f"cold-{c}", str(work / f"cold-cache-{c}"), "cold.log")
             try:
                 before = counters(cold)
-                cold_run = asyncio.run(run_level(cold.target, requests, c, args.timeout_s))
+                cold_run = run_level(cold.target, requests, c, args.timeout_s)
                 after = counters(cold)
                 cold_run.update(start_to_serving_s=cold_start_s,
                                 host_path_fits=after["host_path_fits"] - before["host_path_fits"],
@@ -154,7 +139,7 @@ def main(argv=None):
             finally:
                 cold.stop()
             before = counters(warm)
-            warm_run = asyncio.run(run_level(warm.target, requests, c, args.timeout_s))
+            warm_run = run_level(warm.target, requests, c, args.timeout_s)
             after = counters(warm)
             warm_run.update(host_path_fits=after["host_path_fits"] - before["host_path_fits"],
                             compiles=after["compiles"] - before["compiles"])

@@ -7,9 +7,10 @@ its program is queued here; a single worker thread takes the queue in order, and
 that shape runs on JAX. With a persistent compile cache the thread has a compile worker process
 (:mod:`l1pca.kernels.compile_worker`, every thread at nice 19) compile the program into the cache
 and only loads it here: compiling in the serving process held its interpreter lock and 2 cores for
-seconds, and the cold server's p99 was 3.4x the warm one's (docs/decisions/0010). The answers do not depend on which path
-computed them: both follow the same step rule (:mod:`l1pca.kernels.flip_rule`), and the tests hold
-the signs and components of the two equal across the switch.
+seconds, and the cold server's p99 was 3.4x the warm one's (docs/decisions/0010). The answers do
+not depend on which path computed them: both follow the same step rule
+(:mod:`l1pca.kernels.flip_rule`), and the tests hold the signs and components of the two equal
+across the switch.
 
 One queue per process (:data:`COMPILES`), as jit's own cache is per process. Listeners
 (:meth:`CompileQueue.add_listener`) hear each compile: the service logs it and counts it in its
