@@ -1,6 +1,6 @@
 """The batcher's flush rules on their own (l1pca.service.batcher), with a batch function that takes a
 fixed time, so the timing of arrivals is under the test's control. The server tests
-(test_service_batching.py) check the same rules end to end."""
+(tests/service/test_batching.py) check the same rules end to end."""
 import asyncio
 import time
 
