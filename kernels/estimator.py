@@ -10,7 +10,7 @@ from .errors import InputError
 from .fitting import fit_many
 from .model import Model
 from .options import DEFAULT_N_INIT, DEFAULT_TOL, SolveOptions
-from .scoring import residuals, sample_scores
+from .scoring import fit_outlier_map, outlier_map, residuals, sample_scores
 
 
 class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
@@ -63,6 +63,9 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     converged_ : bool
     model_ : Model
         The fitted record (:class:`l1pca.kernels.Model`): ``to_model()`` returns it.
+    outlier_map_scales_ : OutlierMapScales or None
+        The outlier map's score scales and cutoffs, from the training samples
+        (:meth:`outlier_map`); None for an estimator made with :meth:`from_model`.
 
     See Also
     --------
@@ -119,6 +122,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
                          seeds=[self.random_state], contamination=self.contamination,
                          n_mad=self.n_mad, progress=progress)[0]
         self._set_fitted(model)
+        self.outlier_map_scales_ = fit_outlier_map(X, self.center_, self.components_.T)
         return self
 
     def _set_fitted(self, model: Model):
@@ -135,6 +139,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         self.threshold_ = model.threshold
         self.offset_ = self.threshold_
         self.n_features_in_ = model.n_features
+        self.outlier_map_scales_ = None  # set by fit, from the training samples
 
     @classmethod
     def from_model(cls, model: Model):
@@ -185,6 +190,18 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     def score_entries(self, X):
         """Per-entry outlier scores ``|residual|``: the largest in a row names the faulty feature."""
         return np.abs(self.residuals(X))
+
+    def outlier_map(self, X):
+        """ROBPCA's outlier map of X against the fitted subspace
+        (:func:`l1pca.kernels.scoring.outlier_map`): score distance, orthogonal distance, the group
+        of each sample (index into :data:`l1pca.kernels.scoring.GROUPS`: regular, good leverage,
+        orthogonal outlier, bad leverage) and a ranking score. The scales and cutoffs were learnt
+        from the training samples (``outlier_map_scales_``)."""
+        X = self._validated(X)
+        if getattr(self, "outlier_map_scales_", None) is None:
+            raise InputError("this estimator was made from a Model without training samples; "
+                             "fit it on data to get the outlier map's scales")
+        return outlier_map(X, self.center_, self.components_.T, self.outlier_map_scales_)
 
     def score_samples(self, X):
         """Distance of each sample from the L1 subspace (higher = more outlying)."""

@@ -10,6 +10,11 @@ Thresholds never use the mean and standard deviation of data that contain the ou
   MAD a consistent estimate of the standard deviation for Gaussian scores);
 * ``contamination=p`` in (0, 0.5]: the ``1 - p`` quantile of the training scores.
 
+The outlier map (:func:`fit_outlier_map`, :func:`outlier_map`; Hubert, Rousseeuw & Vanden Branden
+2005, ROBPCA) scores a sample twice: its score distance (SD) within the subspace, with robust
+per-component scales, and its orthogonal distance (OD) from it, each with its own cutoff, and sorts
+samples into four groups.
+
 These are the functions the estimator, the client's local ``Model`` and the service all call. Each
 also takes a stack of equal-shaped problems (leading axes), computing for each exactly what it
 computes for that problem alone: :func:`l1pca.kernels.fitting.fit_many` scores a batch at once.
@@ -17,6 +22,7 @@ computes for that problem alone: :func:`l1pca.kernels.fitting.fit_many` scores a
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,3 +78,77 @@ def robust_threshold(scores, *, contamination="auto", n_mad=3.0):
     else:
         out = np.quantile(scores, 1.0 - contamination, axis=-1)
     return float(out) if out.ndim == 0 else out
+
+
+# -- the outlier map ---------------------------------------------------------------------------------
+OUTLIER_MAP_QUANTILE = 0.975
+"""Both cutoffs of the outlier map sit at this quantile (ROBPCA's)."""
+
+GROUPS = ("regular", "good leverage", "orthogonal outlier", "bad leverage")
+"""The outlier map's groups, by (SD over its cutoff, OD over its cutoff): neither, SD only, OD only,
+both. ``OutlierMap.group`` holds indices into this tuple."""
+
+
+class OutlierMapScales(NamedTuple):
+    """What the outlier map learns from the training samples."""
+
+    score_scales: np.ndarray  # (K,) robust scale of each component's scores (1.4826 MAD)
+    sd_cutoff: float  # sqrt(chi2_K(0.975))
+    od_cutoff: float  # (m + s z_0.975)^(3/2), m and s the median and scaled MAD of OD^(2/3)
+
+
+class OutlierMap(NamedTuple):
+    """Per sample: score distance, orthogonal distance, group (index into :data:`GROUPS`) and one
+    score for ranking, ``max(sd / sd_cutoff, od / od_cutoff)`` (above 1 outside a cutoff)."""
+
+    sd: np.ndarray
+    od: np.ndarray
+    group: np.ndarray
+    score: np.ndarray
+
+
+def _scores_and_od(X, center, components):
+    Xc = X - center
+    T = Xc @ components  # (n, K) scores
+    od = np.sqrt(((Xc - T @ components.T) ** 2).sum(axis=1))
+    return T, od
+
+
+def fit_outlier_map(X, center, components) -> OutlierMapScales:
+    """The outlier map's scales and cutoffs from training samples X (n, d), the centre and the
+    basis (d, K).
+
+    * Score scales: ``l_k = 1.4826 * median(|t_k - median(t_k)|)`` for each component's scores
+      ``t_k``; never the standard deviation, which outliers inflate. A zero scale (more than half
+      the scores equal) is replaced by the smallest positive one, or 1.
+    * SD cutoff: ``sqrt(chi2_K(0.975))``.
+    * OD cutoff (Wilson-Hilferty): with ``m`` and ``s`` the median and the scaled MAD of
+      ``OD^(2/3)``, ``(m + s z_0.975)^(3/2)``.
+    """
+    from scipy.stats import chi2, norm
+
+    T, od = _scores_and_od(X, center, components)
+    med = np.median(T, axis=0)
+    scales = MAD_SCALE * np.median(np.abs(T - med), axis=0)
+    positive = scales[scales > 0]
+    scales = np.where(scales > 0, scales, positive.min() if positive.size else 1.0)
+    K = components.shape[1]
+    sd_cutoff = float(np.sqrt(chi2.ppf(OUTLIER_MAP_QUANTILE, K)))
+    w = od ** (2.0 / 3.0)
+    m = float(np.median(w))
+    s = MAD_SCALE * float(np.median(np.abs(w - m)))
+    od_cutoff = float((m + s * norm.ppf(OUTLIER_MAP_QUANTILE)) ** 1.5)
+    return OutlierMapScales(scales, sd_cutoff, od_cutoff)
+
+
+def outlier_map(X, center, components, scales: OutlierMapScales) -> OutlierMap:
+    """The outlier map of samples X (n, d) against a fitted subspace and its
+    :func:`fit_outlier_map` scales: ``SD = sqrt(sum_k t_k^2 / l_k^2)`` with ``t = Q^T (x - c)``,
+    ``OD = ||(x - c) - Q t||``, the group of each sample and its ranking score."""
+    T, od = _scores_and_od(X, center, components)
+    sd = np.sqrt(((T / scales.score_scales) ** 2).sum(axis=1))
+    over_sd, over_od = sd > scales.sd_cutoff, od > scales.od_cutoff
+    group = over_sd.astype(np.int8) + 2 * over_od.astype(np.int8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_od = np.where(scales.od_cutoff > 0, od / scales.od_cutoff, np.where(od > 0, np.inf, 0.0))
+    return OutlierMap(sd=sd, od=od, group=group, score=np.maximum(sd / scales.sd_cutoff, rel_od))
