@@ -41,6 +41,19 @@ class CompileEvent(NamedTuple):
     error: str | None = None
 
 
+def jax_batch_size(count):
+    """Batch size the JAX path pads ``count`` matrices of one bucket to: the next power of two."""
+    return 1 << (int(count) - 1).bit_length()
+
+
+def program_key(count, bucket, n_components, n_init, warm_start=True, pair_moves=True):
+    """The compile key of the batched program that ``count`` matrices of one padded ``bucket``
+    (rows, cols) run with: ``(batch, rows, cols, K, starts, warm_start, pair_moves)``. The one place
+    that builds it: ``solve``, the service's executor and its warm-up all ask here."""
+    return (jax_batch_size(count), *bucket, int(n_components), int(n_init), bool(warm_start),
+            bool(pair_moves))
+
+
 def _compiled_keys():
     """The JAX path's record of the programs compiled in this process (a live set), found without
     importing JAX: empty when it was never imported. Another thread may be importing it right now;
@@ -168,7 +181,7 @@ class CompileQueue:
                 self._worker.start()
             listeners = list(self._listeners)
         log.info("queued the JAX program %s for a background compile; its fits run on the host "
-                 "path until it is ready", _describe(key))
+                 "path until it is ready", describe(key))
         self._notify(listeners, CompileEvent("queued", key))
         return True
 
@@ -222,10 +235,10 @@ class CompileQueue:
             event = CompileEvent("compiled" if error is None else "failed", key,
                                  time.perf_counter() - t0, error)
             if error is None:
-                log.info("compiled the JAX program %s in %.2f s", _describe(key), event.seconds)
+                log.info("compiled the JAX program %s in %.2f s", describe(key), event.seconds)
             else:
                 log.warning("compiling the JAX program %s failed after %.2f s (%s); its shape stays "
-                            "on the host path", _describe(key), event.seconds, error)
+                            "on the host path", describe(key), event.seconds, error)
             with self._lock:
                 if error is not None:
                     self.failed[key] = error
@@ -240,10 +253,6 @@ class CompileQueue:
 
 def describe(key):
     """A compile key in words, for logs: ``batch=4 64x16 K=2 starts=8``."""
-    return _describe(key)
-
-
-def _describe(key):
     batch, rows, cols, K, starts, warm, pairs = key
     return f"batch={batch} {rows}x{cols} K={K} starts={starts}" + \
         ("" if warm and pairs else f" warm_start={warm} pair_moves={pairs}")

@@ -16,7 +16,7 @@ from ._validation import check_matrix_peak, check_n_components, check_random_sta
 from .baselines import fixed_point_greedy, fixed_point_nongreedy, l2_pca
 from .bitflip import bitflip_search
 from .bitflip_screened import SCREEN_MIN_SAMPLES, search_screened
-from .compile_queue import COMPILES, compiled
+from .compile_queue import COMPILES, compiled, jax_batch_size, program_key
 from .errors import InputError
 from .exact import exact_search
 from .flip_rule import default_max_flips
@@ -242,7 +242,7 @@ def _solve_scaled(mats, K, opts: SolveOptions, *, random_state, progress):
         buckets.setdefault(bucket_shape(*X.shape), []).append(i)
     tick = _Ticker(progress, total=len(mats) * opts.n_init)
     for shape, idx in buckets.items():
-        key = (jax_batch_size(len(idx)), *shape, K, opts.n_init, opts.warm_start, opts.pair_moves)
+        key = program_key(len(idx), shape, K, opts.n_init, opts.warm_start, opts.pair_moves)
         ready = compiled(key)
         name = backends.resolve(opts.backend, method, batch_size=len(idx), compiled=ready,
                                 n_components=K)
@@ -277,11 +277,6 @@ def equal_shapes(mats):
         groups.setdefault(X.shape, []).append(i)
     return [(idx, mats[idx[0]][None] if len(idx) == 1 else np.stack([mats[i] for i in idx]))
             for idx in groups.values()]
-
-
-def jax_batch_size(count):
-    """Batch size the JAX path pads ``count`` matrices of one bucket to: the next power of two."""
-    return 1 << (int(count) - 1).bit_length()
 
 
 class _Ticker:

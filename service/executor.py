@@ -36,9 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from l1pca.kernels import InputError, SolveOptions, backends, bucket_shape
-from l1pca.kernels.compile_queue import COMPILES, close_workers, compiled, compiled_buckets
+from l1pca.kernels.compile_queue import COMPILES, close_workers, compiled, compiled_buckets, program_key
 from l1pca.kernels.fitting import fit_many
-from l1pca.kernels.solve import jax_batch_size
 
 from .backend_choice import is_device_failure, select_backend
 from .errors import InvalidArgument, Unavailable
@@ -368,7 +367,7 @@ class FitExecutor:
                    and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
         options = SolveOptions(method=key.method, n_init=key.n_init, backend=backend,
                                compile=self._compile_mode)
-        program = ((jax_batch_size(len(mats)), *key.bucket, key.n_components, key.n_init, True, True)
+        program = (program_key(len(mats), key.bucket, key.n_components, key.n_init)
                    if backend == "jax" and not sharded else None)
         results = self._fit_many(
             mats, key.n_components, options=options, center=key.center, seeds=seeds,
@@ -419,7 +418,7 @@ class FitExecutor:
             return remote + local.result()
 
     def _queue_compiles(self, tasks, n_init):
-        keys = [(b, *bucket_shape(rows, cols), K, n_init, True, True)
+        keys = [program_key(b, bucket_shape(rows, cols), K, n_init)
                 for rows, cols, K, b, backend in tasks if backend == "jax"]
         if self._procs is None:
             return sum(COMPILES.request(key) for key in keys)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,7 +88,7 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
         job = await self._off_loop(self._prepare_fit, request.x, request.options,
                                    size=len(request.x.data))
         res = await self._fit(job, context)
-        return pb.FitResponse(model=wire.encode_model(replace(res, seed=job.seed)))
+        return pb.FitResponse(model=wire.encode_model(res))
 
     async def Transform(self, request, context):
         return await self._off_loop(self._transform, request)
@@ -154,7 +154,7 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
             model_msg = request.model
         else:
             X, dtype = job.X, job.dtype
-            model = replace(fitted, seed=job.seed)
+            model = fitted  # fit_many recorded the request's seed in it
             model_msg = wire.encode_model(model)
         entries = model.score_entries(X)
         scores = scoring.sample_scores(entries)  # |r| squared is r squared: the model's own scores

@@ -1,7 +1,7 @@
 """Warm-up: compile the batched JAX programs of the common shapes before the server reports SERVING.
 
 JAX compiles one program per stacked shape; the kernels pad a batch to a power of two
-(:func:`l1pca.kernels.solve.jax_batch_size`), so :func:`batch_ladder` lists the sizes to compile.
+(:func:`l1pca.kernels.compile_queue.jax_batch_size`), so :func:`batch_ladder` lists the sizes to compile.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ log = logging.getLogger("l1pca.service")
 
 def batch_ladder(max_batch_size):
     """Stacked batch sizes JAX runs for batches of up to ``max_batch_size`` requests: the powers of
-    two from 1 (:func:`l1pca.kernels.solve.jax_batch_size` pads a batch to the next one)."""
+    two from 1 (:func:`l1pca.kernels.compile_queue.jax_batch_size` pads a batch to the next one)."""
     sizes, b = [1], 1
     while b < max_batch_size:
         b *= 2

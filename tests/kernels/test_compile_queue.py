@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from l1pca.kernels import SolveOptions
-from l1pca.kernels.compile_queue import COMPILES, CompileQueue, compiled
+from l1pca.kernels.compile_queue import COMPILES, CompileQueue, compiled, program_key
 from l1pca.kernels.fitting import fit_many
 from l1pca.kernels.solve import bucket_shape, jax_batch_size
 
@@ -28,7 +28,8 @@ def test_a_fit_never_waits_and_answers_alike_across_the_switch(K):
     # A shape no other test compiles: rows 40 -> bucket 64, columns 7 -> 8; batches of 3 -> 4.
     Xs = _problems(3, 40, 7, seed=K)
     opts = SolveOptions(backend="jax", n_init=5, compile="background")
-    key = (jax_batch_size(3), *bucket_shape(40, 7), K, 5, True, True)
+    key = program_key(3, bucket_shape(40, 7), K, 5)
+    assert key == (jax_batch_size(3), 64, 8, K, 5, True, True)
     assert not compiled(key)
     events = []
     COMPILES.add_listener(events.append)
@@ -57,7 +58,7 @@ def test_same_signs_on_numpy_and_on_the_compiled_program_over_many_problems():
     one bucket, the signs and components agree."""
     Xs = _problems(24, 30, 6, seed=9)
     host = fit_many(Xs, 2, backend="numpy", n_init=4, seeds=list(range(24)))
-    COMPILES.request((jax_batch_size(24), *bucket_shape(30, 6), 2, 4, True, True))
+    COMPILES.request(program_key(24, bucket_shape(30, 6), 2, 4))
     assert COMPILES.wait_idle(300)
     jx = fit_many(Xs, 2, backend="jax", n_init=4, seeds=list(range(24)), compile="background")
     assert {m.backend for m in jx} == {"jax"}
