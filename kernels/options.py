@@ -78,6 +78,28 @@ def check_contamination(contamination):
     raise InputError(f"contamination={contamination!r} must be 'auto' or a float in (0, 0.5]")
 
 
+DEFAULT_SUPPORT_FRACTION = 0.75
+"""Share of the rows the detector's robust fit is fitted to (ROBPCA's h / n): the rows farthest from
+the subspace, up to a quarter, cannot pull it (:mod:`l1pca.kernels.detection`)."""
+
+
+def check_support_fraction(value):
+    """``None`` or 1.0 (the plain fit on every row) or a number in [0.5, 1): the robust fit's support."""
+    if value is None:
+        return None
+    if (isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+            and 0.5 <= value <= 1.0):
+        return None if value == 1.0 else float(value)
+    raise InputError(f"support_fraction={value!r} must be None or a number in [0.5, 1]")
+
+
+def check_n_components_choice(value):
+    """``"auto"`` or a positive int (checked against the shape later)."""
+    if value == "auto" or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+        return value
+    raise InputTypeError(f"n_components must be a positive integer or 'auto'; got {value!r}")
+
+
 def _check_bool(value, name):
     if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
         raise InputTypeError(f"{name} must be True or False; got {value!r}")
