@@ -1,4 +1,4 @@
-"""``L1PCA``: scikit-learn estimator for L1-norm PCA and subspace-distance outlier detection."""
+"""``L1PCA``: scikit-learn estimator for L1-norm PCA and faulty-measurement detection."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,21 +9,27 @@ from ._validation import check_matrix
 from .errors import InputError
 from .fitting import fit_many
 from .model import Model
-from .options import DEFAULT_N_INIT, DEFAULT_TOL, SolveOptions
-from .scoring import fit_outlier_map, outlier_map, residuals, sample_scores
+from .options import DEFAULT_N_INIT, DEFAULT_SUPPORT_FRACTION, DEFAULT_TOL, SolveOptions
+from .scoring import outlier_map, residuals
 
 
 class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
-    """L1-norm principal component analysis with outlier scores.
+    """L1-norm principal component analysis and faulty-measurement detection.
 
-    Finds the orthonormal basis Q maximising ``||(X - c) Q||_1`` (L1-BF by default), which a few
-    corrupted samples cannot rotate the way they rotate ordinary PCA. Samples far from the fitted
-    subspace score high; the per-entry residuals name the measurement that is off.
+    Finds L1 principal axes (L1-BF) of the data the way a detector needs them: fitted to the 75% of
+    rows closest to the subspace, with faulty cells screened first (:mod:`l1pca.kernels.detection`),
+    so neither far-out rows nor a glitching sensor can pull them. Rows are scored on ROBPCA's outlier
+    map (score distance within the subspace, orthogonal distance from it, each with its cutoff);
+    cells by their residual divided by a robust scale of their feature's residuals, so the largest
+    names the faulty sensor. ``support_fraction=None, cell_robust=False`` fits the paper's problem,
+    ``max ||(X - c) Q||_1``, on every row.
 
     Parameters
     ----------
-    n_components : int, default=1
-        Number of components K, ``1 <= K <= min(n_samples, n_features)``.
+    n_components : int or "auto", default=1
+        Number of components K, ``1 <= K <= min(n_samples, n_features)``; "auto": the smallest K
+        whose robust dispersion reaches 80% (:func:`l1pca.kernels.detection.choose_n_components`),
+        in ``n_components_``.
     method : str, default="bitflip"
         Solver, one of :data:`l1pca.kernels.options.METHODS`; see :func:`l1pca.kernels.solve`.
     center : {"median", "mean", "none"} or None, default="median"
@@ -33,10 +39,12 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
     random_state : None, int or numpy.random.Generator, default=None
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Threshold rule: "auto" is median + ``n_mad`` robust standard deviations of the training
-        scores; a float is the fraction of training samples expected to be outliers.
-    n_mad : float, default=3.0
-        Width of the "auto" threshold.
+        "auto": a sample is an outlier outside either cutoff of the outlier map (0.99 quantiles); a
+        float: the fraction of training samples expected to be outliers.
+    support_fraction : float in [0.5, 1] or None, default=0.75
+        Share of rows the robust fit is fitted to; None (or 1.0): every row.
+    cell_robust : bool, default=True
+        Screen faulty cells before and during the fit and when scoring cells.
     max_flips : int, optional
     tol : float, default=1e-9
     warm_start : bool, default=True
@@ -49,13 +57,23 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     components_ : ndarray (n_components, n_features)
         L1 principal axes (rows), as scikit-learn's PCA lays them out.
     center_ : ndarray (n_features,)
+    n_components_ : int
+        K as fitted (the chosen one under "auto").
     objective_ : float
         ``||(X - center_) components_.T||_1`` on the training data.
-    threshold_ : float
-        Outlier threshold on :meth:`score_samples`.
     offset_ : float
-        Equal to ``threshold_`` (scikit-learn's name for it); ``decision_function = offset_ - score``.
+        ``decision_function = score_samples - offset_``; ``-1`` under ``contamination="auto"``.
+    threshold_ : float
+        The outlier map's cutoff on the orthogonal distance (``od_cutoff_``).
+    sd_cutoff_, od_cutoff_ : float
+        The outlier map's cutoffs.
+    support_ : ndarray (n_samples,) of bool
+        The training rows of the final fit.
+    n_csteps_ : int
+    residual_scale_ : ndarray (n_features,)
+        Robust scale of each feature's training residuals (cell residuals are divided by it).
     training_scores_ : ndarray (n_samples,)
+        Distances of the training samples from the subspace.
     n_features_in_ : int
     n_flips_ : int
     backend_ : str
@@ -64,8 +82,7 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     model_ : Model
         The fitted record (:class:`l1pca.kernels.Model`): ``to_model()`` returns it.
     outlier_map_scales_ : OutlierMapScales or None
-        The outlier map's score scales and cutoffs, from the training samples
-        (:meth:`outlier_map`); None for an estimator made with :meth:`from_model`.
+        The outlier map's score scales and cutoffs, from the training samples (:meth:`outlier_map`).
 
     See Also
     --------
@@ -84,18 +101,22 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(200, 1)) @ [[3.0, 1.0, 0.5]] + 0.05 * rng.normal(size=(200, 3))
     >>> X[:5] = [40.0, -40.0, 40.0]            # five corrupted samples
+    >>> X[10, 2] = 9.0                         # one faulty cell
     >>> est = L1PCA(n_components=1, random_state=0).fit(X)
     >>> est.components_.shape
     (1, 3)
-    >>> bool(np.all(est.predict(X[:5]) == -1)), float(np.mean(est.predict(X[5:]) == 1)) > 0.9
+    >>> bool(np.all(est.predict(X[:5]) == -1)), float(np.mean(est.predict(X[11:]) == 1)) > 0.9
     (True, True)
+    >>> int(est.score_entries(X[10:11]).argmax())   # the faulty sensor of row 10
+    2
     """
 
     _parameter_constraints = {}  # validated in fit by the shared checks of l1pca.kernels
 
     def __init__(self, n_components=1, *, method="bitflip", center="median", n_init=DEFAULT_N_INIT,
-                 backend="auto", random_state=None, contamination="auto", n_mad=3.0,
-                 max_flips=None, tol=DEFAULT_TOL, warm_start=True, pair_moves=True):
+                 backend="auto", random_state=None, contamination="auto",
+                 support_fraction=DEFAULT_SUPPORT_FRACTION, cell_robust=True, max_flips=None,
+                 tol=DEFAULT_TOL, warm_start=True, pair_moves=True):
         self.n_components = n_components
         self.method = method
         self.center = center
@@ -103,14 +124,15 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         self.backend = backend
         self.random_state = random_state
         self.contamination = contamination
-        self.n_mad = n_mad
+        self.support_fraction = support_fraction
+        self.cell_robust = cell_robust
         self.max_flips = max_flips
         self.tol = tol
         self.warm_start = warm_start
         self.pair_moves = pair_moves
 
     def fit(self, X, y=None, *, progress=None):
-        """Fit the L1 subspace and the outlier threshold. ``y`` is ignored.
+        """Fit the L1 subspace, the outlier map and the cell scales. ``y`` is ignored.
 
         ``progress(done, total)``, if given, is called as L1-BF starts finish.
         """
@@ -120,9 +142,9 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
                                pair_moves=self.pair_moves)
         model = fit_many([X], self.n_components, options=options, center=self.center,
                          seeds=[self.random_state], contamination=self.contamination,
-                         n_mad=self.n_mad, progress=progress)[0]
+                         support_fraction=self.support_fraction, cell_robust=self.cell_robust,
+                         progress=progress)[0]
         self._set_fitted(model)
-        self.outlier_map_scales_ = fit_outlier_map(X, self.center_, self.components_.T)
         return self
 
     def _set_fitted(self, model: Model):
@@ -137,15 +159,21 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         self.training_scores_ = (np.empty(0) if model.training_scores is None
                                  else model.training_scores)
         self.threshold_ = model.threshold
-        self.offset_ = self.threshold_
+        self.n_components_ = model.n_components
+        self.offset_ = -model.score_cutoff
+        self.sd_cutoff_, self.od_cutoff_ = model.sd_cutoff, model.od_cutoff
+        self.n_csteps_ = model.n_csteps
+        self.support_ = model.support
+        self.residual_scale_ = model.residual_scale
         self.n_features_in_ = model.n_features
-        self.outlier_map_scales_ = None  # set by fit, from the training samples
+        self.outlier_map_scales_ = model.outlier_map_scales if model.has_outlier_map else None
 
     @classmethod
     def from_model(cls, model: Model):
         """A fitted estimator that scores and transforms like ``model`` (a :class:`Model` from
         :func:`l1pca.kernels.fitting.fit_many`, a file or the service)."""
-        est = cls(model.n_components, method=model.method)
+        est = cls(model.n_components, method=model.method, support_fraction=model.support_fraction,
+                  cell_robust=model.cell_robust)
         est._set_fitted(model)
         return est
 
@@ -188,8 +216,21 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         return residuals(self._validated(X), self.center_, self.components_.T)
 
     def score_entries(self, X):
-        """Per-entry outlier scores ``|residual|``: the largest in a row names the faulty feature."""
-        return np.abs(self.residuals(X))
+        """Standardised cell residuals ``|z|`` (n_samples, n_features), higher = more suspicious and
+        comparable across features: each row projected on its unflagged cells, each residual divided
+        by ``residual_scale_``. The largest in a row names the faulty feature."""
+        X = self._validated(X)
+        return self.model_.score_entries(X)
+
+    def cell_flags(self, X):
+        """True for cells whose ``|z|`` exceeds :data:`l1pca.kernels.detection.CELL_CUTOFF` (2.576)."""
+        X = self._validated(X)
+        return self.model_.cell_flags(X)
+
+    def expected(self, X):
+        """The value each cell is expected to have, given the row's unflagged cells and the fit."""
+        X = self._validated(X)
+        return self.model_.expected(X)
 
     def outlier_map(self, X):
         """ROBPCA's outlier map of X against the fitted subspace
@@ -199,18 +240,19 @@ class L1PCA(TransformerMixin, OutlierMixin, BaseEstimator):
         from the training samples (``outlier_map_scales_``)."""
         X = self._validated(X)
         if getattr(self, "outlier_map_scales_", None) is None:
-            raise InputError("this estimator was made from a Model without training samples; "
-                             "fit it on data to get the outlier map's scales")
+            raise InputError("this estimator was made from a Model without the outlier map's scales; "
+                             "fit it on data to get them")
         return outlier_map(X, self.center_, self.components_.T, self.outlier_map_scales_)
 
     def score_samples(self, X):
-        """Distance of each sample from the L1 subspace (higher = more outlying)."""
-        return sample_scores(self.residuals(X))
+        """Normality of each sample, higher = more normal (scikit-learn's convention): minus the
+        outlier map's ranking score ``max(SD / sd_cutoff, OD / od_cutoff)``."""
+        X = self._validated(X)
+        return -self.model_.outlier_scores(X)
 
     def decision_function(self, X):
-        """``threshold_ - score_samples(X)``: negative for outliers, as scikit-learn's detectors."""
-        check_is_fitted(self)
-        return self.offset_ - self.score_samples(X)
+        """``score_samples(X) - offset_``: negative for outliers, as scikit-learn's detectors."""
+        return self.score_samples(X) - self.offset_
 
     def predict(self, X):
         """+1 for inliers, -1 for outliers."""

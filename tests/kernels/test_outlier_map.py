@@ -21,14 +21,14 @@ def test_scales_and_cutoffs_by_hand():
     scales = fit_outlier_map(X, C, Q)
     # Scores t = x_1: median 0.5, absolute deviations' median (1.5 + 2.5) / 2 = 2.0.
     assert scales.score_scales == pytest.approx([1.4826 * 2.0])
-    # sqrt(chi2_1(0.975)) = z_0.9875 = 2.2414.
-    assert scales.sd_cutoff == pytest.approx(2.241403, abs=1e-6)
+    # sqrt(chi2_1(0.99)) = z_0.995 = 2.5758.
+    assert scales.sd_cutoff == pytest.approx(2.575829, abs=1e-6)
     # OD^(2/3): 0, 0, 0.1^(2/3) x2, 0.2^(2/3) x2, 0.3^(2/3) x2, 5^(2/3) x2 -> median 0.2^(2/3);
-    # absolute deviations' median (0.2^(2/3) - 0.1^(2/3)); cutoff (m + 1.4826 s z_0.975)^(3/2).
+    # absolute deviations' median (0.2^(2/3) - 0.1^(2/3)); cutoff (m + 1.4826 s z_0.99)^(3/2).
     m = 0.2 ** (2 / 3)
     s = 1.4826 * (0.2 ** (2 / 3) - 0.1 ** (2 / 3))
-    assert scales.od_cutoff == pytest.approx((m + s * 1.959964) ** 1.5, rel=1e-6)
-    assert scales.od_cutoff == pytest.approx(0.597921, abs=1e-6)
+    assert scales.od_cutoff == pytest.approx((m + s * 2.326348) ** 1.5, rel=1e-6)
+    assert scales.od_cutoff == pytest.approx(0.686861, abs=1e-6)
 
 
 def test_distances_groups_and_ranking_by_hand():
@@ -39,7 +39,7 @@ def test_distances_groups_and_ranking_by_hand():
         "good leverage", "orthogonal outlier", "bad leverage"]
     # The ranking score is the larger excess over a cutoff: above 1 exactly for the three outliers.
     assert np.all(mapped.score[:7] < 1) and np.all(mapped.score[7:] > 1)
-    assert mapped.score[9] == pytest.approx(5 / 0.597921, rel=1e-5)
+    assert mapped.score[9] == pytest.approx(5 / 0.686861, rel=1e-5)
 
 
 def test_the_estimator_maps_new_samples_with_its_training_scales():
@@ -49,7 +49,7 @@ def test_the_estimator_maps_new_samples_with_its_training_scales():
     new = np.array([[0.5, 0.0], [30.0, 0.0], [0.0, 6.0], [30.0, 6.0]])
     groups = [GROUPS[g] for g in est.outlier_map(new).group]
     assert groups == ["regular", "good leverage", "orthogonal outlier", "bad leverage"]
-    # An estimator made from a Model has no training samples to learn the scales from.
+    # A Model without the map's scales (an older file or client) cannot give the map.
     with pytest.raises(InputError, match="outlier map"):
         L1PCA.from_model(Model(components=est.components_, center=est.center_,
                                threshold=1.0)).outlier_map(new)
