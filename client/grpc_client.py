@@ -47,6 +47,7 @@ import numpy as np
 
 from l1pca.kernels import Model
 from l1pca.kernels._validation import check_layout, nonfinite_error
+from l1pca.kernels.options import DEFAULT_SUPPORT_FRACTION
 from l1pca.proto import wire
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
@@ -61,6 +62,12 @@ TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCEL
                              grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+GROUPS = tuple(name[len("OUTLIER_GROUP_"):].lower().replace("_", " ")
+               for name in pb.OutlierGroup.keys())
+"""Names of the outlier map's groups, indexed by ``OutlierScores.group``: "regular", "good
+leverage", "orthogonal outlier", "bad leverage" (the kernels' ``scoring.GROUPS``)."""
 
 
 class ClientError(Exception):
@@ -115,22 +122,54 @@ DEFAULT_RETRY = Retry()
 
 
 class OutlierScores(NamedTuple):
-    """Answer of ``score_outliers``.
+    """Answer of ``score_outliers``. Every score is higher = more outlying (PyOD's sign).
 
     scores : ndarray (n_samples,)
-        Distance of each sample from the model's subspace.
+        The orthogonal distance OD, each sample's distance from the model's subspace (also ``od``).
     is_outlier : ndarray (n_samples,) of bool
-        ``scores > model.threshold``.
+        The rows the detector flags: ``outlier_score > model.score_cutoff`` (``model.predict == -1``);
+        ``scores > model.threshold`` for a model without the outlier map.
     entry_scores : ndarray (n_samples, n_features) or None
-        ``|residual|`` per entry, when asked for.
+        Standardised cell residuals ``|z|`` (comparable across features), when asked for.
     model : Model
         The model used (the fitted one when no model was given).
+    sd : ndarray (n_samples,) or None
+        The score distance SD (None for a model without the outlier map).
+    group : ndarray (n_samples,) of int8 or None
+        The outlier map's group of each row, an index into :data:`GROUPS` ("regular",
+        "good leverage", "orthogonal outlier", "bad leverage").
+    outlier_score : ndarray (n_samples,) or None
+        ``max(SD / sd_cutoff, OD / od_cutoff)``, the combined score for ranking.
+    cell_flags : ndarray (n_samples, n_features) of bool or None
+        Deviating cells (``entry_scores > cell_cutoff``), when entry scores were asked for.
+    cell_cutoff : float
+        The cutoff of ``cell_flags`` on ``|z|``.
     """
 
     scores: np.ndarray
     is_outlier: np.ndarray
     entry_scores: np.ndarray | None
     model: Model
+    sd: np.ndarray | None = None
+    group: np.ndarray | None = None
+    outlier_score: np.ndarray | None = None
+    cell_flags: np.ndarray | None = None
+    cell_cutoff: float = float("nan")
+
+    @property
+    def od(self):
+        """The orthogonal distance (``scores``)."""
+        return self.scores
+
+    @property
+    def outlier_rows(self):
+        """Indices of the flagged rows, ascending."""
+        return np.flatnonzero(self.is_outlier)
+
+    @property
+    def group_names(self):
+        """The group of each row by name (None without the outlier map)."""
+        return None if self.group is None else np.asarray(GROUPS, dtype=object)[self.group]
 
 
 # -- targets and channels ---------------------------------------------------------------------
@@ -235,10 +274,11 @@ def _check_x(X, name="X"):
 
 def _options(X_msg, n_components, **kwargs):
     limit = min(X_msg.rows, X_msg.cols)
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) \
-            or not 1 <= n_components <= limit:
+    if n_components != "auto" and (
+            isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer))
+            or not 1 <= n_components <= limit):
         raise ClientError(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"n_components={n_components!r} must be an int in "
+                          f"n_components={n_components!r} must be 'auto' or an int in "
                           f"[1, min(n_samples, n_features)={limit}]")
     try:
         return wire.encode_options(n_components, **kwargs)
@@ -279,10 +319,18 @@ def _array(msg):
 def _score_answer(resp):
     model = wire.decode_model(resp.model)
     scores = _array(resp.sample_scores)[:, 0]
+    n = scores.shape[0]
     entries = _array(resp.entry_scores) if resp.HasField("entry_scores") else None
-    flags = np.zeros(scores.shape[0], dtype=bool)
+    flags = np.zeros(n, dtype=bool)
     flags[np.asarray(resp.outlier_rows, dtype=np.int64)] = True
-    return OutlierScores(scores, flags, entries, model)
+    extra = {"cell_cutoff": resp.cell_cutoff}
+    if not resp.map_missing:
+        extra.update(sd=_array(resp.score_distances)[:, 0],
+                     outlier_score=_array(resp.outlier_scores)[:, 0],
+                     group=np.frombuffer(resp.groups, dtype=np.uint8).astype(np.int8))
+    if entries is not None and resp.cell_flags:
+        extra["cell_flags"] = np.frombuffer(resp.cell_flags, dtype=np.uint8).reshape(entries.shape) > 0
+    return OutlierScores(scores, flags, entries, model, **extra)
 
 
 # -- the server's size limits ---------------------------------------------------------------------
@@ -467,10 +515,16 @@ class Client(_Base):
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
     def fit(self, X, n_components=1, *, method="bitflip", n_init=None, center="median", seed=None,
-            contamination="auto", timeout_s=None) -> Model:
-        """Fit on the server; the fitted :class:`Model` (with ``model.seed``, the seed its starts used)."""
-        req = _fit_request(X, n_components, dict(method=method, n_init=n_init, center=center,
-                                                 seed=seed, contamination=contamination))
+            contamination="auto", support_fraction=DEFAULT_SUPPORT_FRACTION, cell_robust=True,
+            timeout_s=None) -> Model:
+        """Fit on the server; the fitted :class:`Model` (with ``model.seed``, the seed its starts
+        used, and ``model.n_components``, the K chosen under ``n_components="auto"``).
+
+        The options are :class:`l1pca.kernels.L1PCA`'s: ``support_fraction`` (None or 1.0: the
+        plain fit on every row), ``cell_robust`` (screen deviating cells before the fit)."""
+        req = _fit_request(X, n_components, dict(
+            method=method, n_init=n_init, center=center, seed=seed, contamination=contamination,
+            support_fraction=support_fraction, cell_robust=cell_robust))
         return wire.decode_model(self._call(self._stub.Fit, req, timeout_s).model)
 
     def transform(self, model, X, *, timeout_s=None) -> np.ndarray:
@@ -479,12 +533,15 @@ class Client(_Base):
         return _array(resp.projections)
 
     def score_outliers(self, X, model=None, *, n_components=1, method="bitflip", n_init=None,
-                       center="median", seed=None, contamination="auto", return_entry_scores=False,
-                       timeout_s=None) -> OutlierScores:
-        """Outlier scores of X against ``model``, or against a model fitted on X in the same call."""
-        req = _score_request(X, model, n_components, return_entry_scores,
-                             dict(method=method, n_init=n_init, center=center, seed=seed,
-                                  contamination=contamination))
+                       center="median", seed=None, contamination="auto",
+                       support_fraction=DEFAULT_SUPPORT_FRACTION, cell_robust=True,
+                       return_entry_scores=False, timeout_s=None) -> OutlierScores:
+        """The outlier map of X (:class:`OutlierScores`: OD, SD, group, outlier score, flagged rows;
+        with ``return_entry_scores``, the standardised cell residuals and cell flags) against
+        ``model``, or against a model fitted on X in the same call (the options of :meth:`fit`)."""
+        req = _score_request(X, model, n_components, return_entry_scores, dict(
+            method=method, n_init=n_init, center=center, seed=seed, contamination=contamination,
+            support_fraction=support_fraction, cell_robust=cell_robust))
         return _score_answer(self._call(self._stub.ScoreOutliers, req, timeout_s))
 
     def server_info(self, *, timeout_s=None) -> pb.ServerInfo:
@@ -535,9 +592,11 @@ class AsyncClient(_Base):
         raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
 
     async def fit(self, X, n_components=1, *, method="bitflip", n_init=None, center="median",
-                  seed=None, contamination="auto", timeout_s=None) -> Model:
-        req = _fit_request(X, n_components, dict(method=method, n_init=n_init, center=center,
-                                                 seed=seed, contamination=contamination))
+                  seed=None, contamination="auto", support_fraction=DEFAULT_SUPPORT_FRACTION,
+                  cell_robust=True, timeout_s=None) -> Model:
+        req = _fit_request(X, n_components, dict(
+            method=method, n_init=n_init, center=center, seed=seed, contamination=contamination,
+            support_fraction=support_fraction, cell_robust=cell_robust))
         return wire.decode_model((await self._call(self._stub.Fit, req, timeout_s)).model)
 
     async def transform(self, model, X, *, timeout_s=None) -> np.ndarray:
@@ -546,10 +605,11 @@ class AsyncClient(_Base):
 
     async def score_outliers(self, X, model=None, *, n_components=1, method="bitflip", n_init=None,
                              center="median", seed=None, contamination="auto",
+                             support_fraction=DEFAULT_SUPPORT_FRACTION, cell_robust=True,
                              return_entry_scores=False, timeout_s=None) -> OutlierScores:
-        req = _score_request(X, model, n_components, return_entry_scores,
-                             dict(method=method, n_init=n_init, center=center, seed=seed,
-                                  contamination=contamination))
+        req = _score_request(X, model, n_components, return_entry_scores, dict(
+            method=method, n_init=n_init, center=center, seed=seed, contamination=contamination,
+            support_fraction=support_fraction, cell_robust=cell_robust))
         return _score_answer(await self._call(self._stub.ScoreOutliers, req, timeout_s))
 
     async def server_info(self, *, timeout_s=None) -> pb.ServerInfo:

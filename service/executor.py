@@ -38,6 +38,7 @@ from typing import NamedTuple
 from l1pca.kernels import InputError, SolveOptions, backends, bucket_shape
 from l1pca.kernels.compile_queue import COMPILES, close_workers, compiled, compiled_buckets, program_key
 from l1pca.kernels.fitting import fit_many
+from l1pca.kernels.options import DEFAULT_SUPPORT_FRACTION
 
 from .backend_choice import is_device_failure, select_backend
 from .errors import InvalidArgument, Unavailable
@@ -49,14 +50,18 @@ log = logging.getLogger("l1pca.service")
 
 
 class FitKey(NamedTuple):
-    """Requests with equal keys share one solver call."""
+    """Requests with equal keys share one solver call: every option of ``fit_many`` is in it, so
+    requests with different options are never batched together. ``n_components`` is an int or
+    ``"auto"``; ``support_fraction`` is None for the plain fit (as the kernels' check leaves it)."""
 
     method: str
-    n_components: int
+    n_components: int | str
     n_init: int
     center: str | None
     contamination: object
     bucket: tuple[int, int]
+    support_fraction: float | None = DEFAULT_SUPPORT_FRACTION
+    cell_robust: bool = True
 
 
 class SolveClock:
@@ -340,7 +345,9 @@ class FitExecutor:
     def _backend_for(self, method, n_components):
         if method != "bitflip":
             return "numpy"
-        if self._auto_cpu and n_components > backends.JAX_CPU_MAX_COMPONENTS:
+        # "auto" may choose up to 10 components: on the CPU that is NumPy's range, as for large K.
+        if self._auto_cpu and (n_components == "auto"
+                               or n_components > backends.JAX_CPU_MAX_COMPONENTS):
             return "numpy"
         return self.backend
 
@@ -367,11 +374,14 @@ class FitExecutor:
                    and max(X.shape[0] for X in mats) >= self.sharded_min_rows)
         options = SolveOptions(method=key.method, n_init=key.n_init, backend=backend,
                                compile=self._compile_mode)
+        # The program of the first solve (K known; the robust fit's refits on h rows and "auto"'s
+        # K are chosen inside fit_many).
         program = (program_key(len(mats), key.bucket, key.n_components, key.n_init)
-                   if backend == "jax" and not sharded else None)
+                   if backend == "jax" and not sharded and key.n_components != "auto" else None)
         results = self._fit_many(
             mats, key.n_components, options=options, center=key.center, seeds=seeds,
-            contamination=key.contamination, clock=clock, queued=queued, program=program,
+            contamination=key.contamination, support_fraction=key.support_fraction,
+            cell_robust=key.cell_robust, clock=clock, queued=queued, program=program,
             **({"devices": "all"} if sharded else {}))
         if sharded and self._metrics is not None:
             self._metrics.sharded_fits.inc(len(mats))

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from l1pca.kernels import InputError, bucket_shape, scoring
+from l1pca.kernels import InputError, bucket_shape
 from l1pca.kernels._validation import check_matrix, check_n_components
+from l1pca.kernels.detection import CELL_CUTOFF
 from l1pca.proto import wire
 from l1pca.v1 import l1pca_pb2 as pb
 from l1pca.v1 import l1pca_pb2_grpc as pb_grpc
@@ -122,14 +123,16 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
     def _prepare_fit(self, x_msg, options_msg):
         X, dtype = self._decode_x(x_msg)
         opts = wire.decode_options(options_msg, max_n_init=self._limits.max_n_init)
-        try:
-            check_n_components(opts["n_components"], *X.shape)
-        except InputError as exc:
-            raise InvalidArgument(f"options.{exc}") from None
+        if opts["n_components"] != "auto":  # "auto" chooses a K that fits the shape
+            try:
+                check_n_components(opts["n_components"], *X.shape)
+            except InputError as exc:
+                raise InvalidArgument(f"options.{exc}") from None
         seed = opts["seed"] if opts["seed"] is not None else secrets.randbits(63)
         key = FitKey(method=opts["method"], n_components=opts["n_components"], n_init=opts["n_init"],
                      center=opts["center"], contamination=opts["contamination"],
-                     bucket=bucket_shape(*X.shape))
+                     bucket=bucket_shape(*X.shape), support_fraction=opts["support_fraction"],
+                     cell_robust=opts["cell_robust"])
         return _FitJob(key=key, X=X, seed=seed, dtype=dtype)
 
     def _model_for(self, msg, X):
@@ -156,13 +159,29 @@ class L1PCAServicer(pb_grpc.L1PCAServicer):
             X, dtype = job.X, job.dtype
             model = fitted  # fit_many recorded the request's seed in it
             model_msg = wire.encode_model(model)
-        entries = model.score_entries(X)
-        scores = scoring.sample_scores(entries)  # |r| squared is r squared: the model's own scores
-        out = pb.ScoreOutliersResponse(
-            sample_scores=wire.encode_matrix(scores.astype(dtype).reshape(-1, 1)),
-            outlier_rows=np.flatnonzero(scores > model.threshold).tolist(),
-            model=model_msg,
-        )
+
+        def column(values):
+            return wire.encode_matrix(np.asarray(values).astype(dtype).reshape(-1, 1))
+
+        out = pb.ScoreOutliersResponse(model=model_msg, cell_cutoff=CELL_CUTOFF)
+        if model.has_outlier_map:
+            omap = model.outlier_map(X)
+            od = omap.od
+            out.score_distances.CopyFrom(column(omap.sd))
+            out.outlier_scores.CopyFrom(column(omap.score))
+            out.groups = np.asarray(omap.group, dtype=np.uint8).tobytes()
+            flagged = omap.score > model.score_cutoff  # Model.predict's rule
+        else:
+            # A model without the outlier map (an older client's): the distance from the subspace
+            # and its threshold, the rule such models were scored by; the map's fields stay empty.
+            od = model.score_samples(X)
+            out.map_missing = True
+            flagged = od > model.threshold
+        out.sample_scores.CopyFrom(column(od))
+        out.outlier_rows.extend(np.flatnonzero(flagged).tolist())
         if request.return_entry_scores:
-            out.entry_scores.CopyFrom(wire.encode_matrix(entries.astype(dtype, copy=False)))
+            cells = model.cells(X)
+            out.entry_scores.CopyFrom(wire.encode_matrix(np.abs(cells.z).astype(dtype, copy=False)))
+            if model.residual_scale is not None:  # else z is the raw residual: no cutoff applies
+                out.cell_flags = np.asarray(cells.flags, dtype=np.uint8).tobytes()
         return out

@@ -88,7 +88,7 @@ def test_client_side_checks_send_nothing(server):
     bad[2, 3] = np.inf
     with Client(server.target) as client:
         for args, expected in (((bad, 1), "X must be finite; found inf at row 2, column 3"),
-                               ((X, 7), "n_components=7 must be an int in [1, min"),
+                               ((X, 7), "n_components=7 must be 'auto' or an int in [1, min"),
                                ((X[0], 1), "X must be 2-D (n_samples, n_features); got 1-D"),
                                ((X.astype(complex), 1), "real numbers")):
             with pytest.raises(ClientError) as err:

@@ -24,41 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14l1pca/v1/l1pca.proto\x12\x08l1pca.v1\"R\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ols\x18\x02 \x01(\x04\x12\x1e\n\x05\x64type\x18\x03 \x01(\x0e\x32\x0f.l1pca.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xc0\x01\n\nFitOptions\x12\x14\n\x0cn_components\x18\x01 \x01(\r\x12 \n\x06method\x18\x02 \x01(\x0e\x32\x10.l1pca.v1.Method\x12\x0e\n\x06n_init\x18\x03 \x01(\r\x12 \n\x06\x63\x65nter\x18\x04 \x01(\x0e\x32\x10.l1pca.v1.Center\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\rcontamination\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\x07\n\x05_seedB\x10\n\x0e_contamination\"\x81\x02\n\x05Model\x12$\n\ncomponents\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12 \n\x06\x63\x65nter\x18\x02 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12 \n\x06method\x18\x04 \x01(\x0e\x32\x10.l1pca.v1.Method\x12\x11\n\tobjective\x18\x05 \x01(\x01\x12\x11\n\tn_samples\x18\x06 \x01(\x04\x12\x12\n\nn_features\x18\x07 \x01(\x04\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0f\n\x07n_flips\x18\t \x01(\x04\x12\x11\n\tconverged\x18\n \x01(\x08\x12\x0c\n\x04seed\x18\x0b \x01(\x04\"P\n\nFitRequest\x12\x1b\n\x01x\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.l1pca.v1.FitOptions\"-\n\x0b\x46itResponse\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.l1pca.v1.Model\"O\n\x10TransformRequest\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.l1pca.v1.Model\x12\x1b\n\x01x\x18\x02 \x01(\x0b\x32\x10.l1pca.v1.Matrix\":\n\x11TransformResponse\x12%\n\x0bprojections\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\"\xa1\x01\n\x14ScoreOutliersRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x0f.l1pca.v1.ModelH\x00\x12#\n\x03\x66it\x18\x02 \x01(\x0b\x32\x14.l1pca.v1.FitOptionsH\x00\x12\x1b\n\x01x\x18\x03 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x1b\n\x13return_entry_scores\x18\x04 \x01(\x08\x42\x08\n\x06source\"\x9e\x01\n\x15ScoreOutliersResponse\x12\'\n\rsample_scores\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x14\n\x0coutlier_rows\x18\x02 \x03(\x04\x12&\n\x0c\x65ntry_scores\x18\x03 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x1e\n\x05model\x18\x04 \x01(\x0b\x32\x0f.l1pca.v1.Model\"\x16\n\x14GetServerInfoRequest\"\xcc\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08max_rows\x18\x04 \x01(\x04\x12\x10\n\x08max_cols\x18\x05 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x06 \x01(\x04\x12\x12\n\nmax_n_init\x18\x07 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12!\n\x07methods\x18\t \x03(\x0e\x32\x10.l1pca.v1.Method*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02*\x84\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_BITFLIP\x10\x01\x12\x10\n\x0cMETHOD_EXACT\x10\x02\x12\r\n\tMETHOD_L2\x10\x03\x12\x16\n\x12METHOD_FIXED_POINT\x10\x04\x12\x15\n\x11METHOD_NON_GREEDY\x10\x05*U\n\x06\x43\x65nter\x12\x16\n\x12\x43\x45NTER_UNSPECIFIED\x10\x00\x12\x11\n\rCENTER_MEDIAN\x10\x01\x12\x0f\n\x0b\x43\x45NTER_MEAN\x10\x02\x12\x0f\n\x0b\x43\x45NTER_NONE\x10\x03\x32\x9a\x02\n\x05L1PCA\x12\x32\n\x03\x46it\x12\x14.l1pca.v1.FitRequest\x1a\x15.l1pca.v1.FitResponse\x12\x44\n\tTransform\x12\x1a.l1pca.v1.TransformRequest\x1a\x1b.l1pca.v1.TransformResponse\x12P\n\rScoreOutliers\x12\x1e.l1pca.v1.ScoreOutliersRequest\x1a\x1f.l1pca.v1.ScoreOutliersResponse\x12\x45\n\rGetServerInfo\x12\x1e.l1pca.v1.GetServerInfoRequest\x1a\x14.l1pca.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14l1pca/v1/l1pca.proto\x12\x08l1pca.v1\"R\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ols\x18\x02 \x01(\x04\x12\x1e\n\x05\x64type\x18\x03 \x01(\x0e\x32\x0f.l1pca.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xb7\x02\n\nFitOptions\x12\x14\n\x0cn_components\x18\x01 \x01(\r\x12 \n\x06method\x18\x02 \x01(\x0e\x32\x10.l1pca.v1.Method\x12\x0e\n\x06n_init\x18\x03 \x01(\r\x12 \n\x06\x63\x65nter\x18\x04 \x01(\x0e\x32\x10.l1pca.v1.Center\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\rcontamination\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10support_fraction\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0b\x63\x65ll_robust\x18\x08 \x01(\x08H\x03\x88\x01\x01\x12\x17\n\x0f\x61uto_components\x18\t \x01(\x08\x42\x07\n\x05_seedB\x10\n\x0e_contaminationB\x13\n\x11_support_fractionB\x0e\n\x0c_cell_robust\"\x88\x05\n\x05Model\x12$\n\ncomponents\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12 \n\x06\x63\x65nter\x18\x02 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12 \n\x06method\x18\x04 \x01(\x0e\x32\x10.l1pca.v1.Method\x12\x11\n\tobjective\x18\x05 \x01(\x01\x12\x11\n\tn_samples\x18\x06 \x01(\x04\x12\x12\n\nn_features\x18\x07 \x01(\x04\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0f\n\x07n_flips\x18\t \x01(\x04\x12\x11\n\tconverged\x18\n \x01(\x08\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12&\n\x0cscore_scales\x18\x0c \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x16\n\tsd_cutoff\x18\r \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tod_cutoff\x18\x0e \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cscore_cutoff\x18\x0f \x01(\x01H\x02\x88\x01\x01\x12%\n\x0b\x63\x65ll_center\x18\x10 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12$\n\ncell_scale\x18\x11 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12(\n\x0eresidual_scale\x18\x12 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x1d\n\x10support_fraction\x18\x13 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x0b\x63\x65ll_robust\x18\x14 \x01(\x08H\x04\x88\x01\x01\x12\x10\n\x08n_csteps\x18\x15 \x01(\x04\x42\x0c\n\n_sd_cutoffB\x0c\n\n_od_cutoffB\x0f\n\r_score_cutoffB\x13\n\x11_support_fractionB\x0e\n\x0c_cell_robust\"P\n\nFitRequest\x12\x1b\n\x01x\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.l1pca.v1.FitOptions\"-\n\x0b\x46itResponse\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.l1pca.v1.Model\"O\n\x10TransformRequest\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.l1pca.v1.Model\x12\x1b\n\x01x\x18\x02 \x01(\x0b\x32\x10.l1pca.v1.Matrix\":\n\x11TransformResponse\x12%\n\x0bprojections\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\"\xa1\x01\n\x14ScoreOutliersRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x0f.l1pca.v1.ModelH\x00\x12#\n\x03\x66it\x18\x02 \x01(\x0b\x32\x14.l1pca.v1.FitOptionsH\x00\x12\x1b\n\x01x\x18\x03 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x1b\n\x13return_entry_scores\x18\x04 \x01(\x08\x42\x08\n\x06source\"\xc1\x02\n\x15ScoreOutliersResponse\x12\'\n\rsample_scores\x18\x01 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x14\n\x0coutlier_rows\x18\x02 \x03(\x04\x12&\n\x0c\x65ntry_scores\x18\x03 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x1e\n\x05model\x18\x04 \x01(\x0b\x32\x0f.l1pca.v1.Model\x12)\n\x0fscore_distances\x18\x05 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x0e\n\x06groups\x18\x06 \x01(\x0c\x12(\n\x0eoutlier_scores\x18\x07 \x01(\x0b\x32\x10.l1pca.v1.Matrix\x12\x12\n\ncell_flags\x18\x08 \x01(\x0c\x12\x13\n\x0b\x63\x65ll_cutoff\x18\t \x01(\x01\x12\x13\n\x0bmap_missing\x18\n \x01(\x08\"\x16\n\x14GetServerInfoRequest\"\xcc\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08max_rows\x18\x04 \x01(\x04\x12\x10\n\x08max_cols\x18\x05 \x01(\x04\x12\x19\n\x11max_request_bytes\x18\x06 \x01(\x04\x12\x12\n\nmax_n_init\x18\x07 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12!\n\x07methods\x18\t \x03(\x0e\x32\x10.l1pca.v1.Method*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02*\x84\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_BITFLIP\x10\x01\x12\x10\n\x0cMETHOD_EXACT\x10\x02\x12\r\n\tMETHOD_L2\x10\x03\x12\x16\n\x12METHOD_FIXED_POINT\x10\x04\x12\x15\n\x11METHOD_NON_GREEDY\x10\x05*U\n\x06\x43\x65nter\x12\x16\n\x12\x43\x45NTER_UNSPECIFIED\x10\x00\x12\x11\n\rCENTER_MEDIAN\x10\x01\x12\x0f\n\x0b\x43\x45NTER_MEAN\x10\x02\x12\x0f\n\x0b\x43\x45NTER_NONE\x10\x03*\x90\x01\n\x0cOutlierGroup\x12\x19\n\x15OUTLIER_GROUP_REGULAR\x10\x00\x12\x1f\n\x1bOUTLIER_GROUP_GOOD_LEVERAGE\x10\x01\x12$\n OUTLIER_GROUP_ORTHOGONAL_OUTLIER\x10\x02\x12\x1e\n\x1aOUTLIER_GROUP_BAD_LEVERAGE\x10\x03\x32\x9a\x02\n\x05L1PCA\x12\x32\n\x03\x46it\x12\x14.l1pca.v1.FitRequest\x1a\x15.l1pca.v1.FitResponse\x12\x44\n\tTransform\x12\x1a.l1pca.v1.TransformRequest\x1a\x1b.l1pca.v1.TransformResponse\x12P\n\rScoreOutliers\x12\x1e.l1pca.v1.ScoreOutliersRequest\x1a\x1f.l1pca.v1.ScoreOutliersResponse\x12\x45\n\rGetServerInfo\x12\x1e.l1pca.v1.GetServerInfoRequest\x1a\x14.l1pca.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'l1pca.v1.l1pca_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1399
-  _globals['_DTYPE']._serialized_end=1467
-  _globals['_METHOD']._serialized_start=1470
-  _globals['_METHOD']._serialized_end=1602
-  _globals['_CENTER']._serialized_start=1604
-  _globals['_CENTER']._serialized_end=1689
+  _globals['_DTYPE']._serialized_start=2072
+  _globals['_DTYPE']._serialized_end=2140
+  _globals['_METHOD']._serialized_start=2143
+  _globals['_METHOD']._serialized_end=2275
+  _globals['_CENTER']._serialized_start=2277
+  _globals['_CENTER']._serialized_end=2362
+  _globals['_OUTLIERGROUP']._serialized_start=2365
+  _globals['_OUTLIERGROUP']._serialized_end=2509
   _globals['_MATRIX']._serialized_start=34
   _globals['_MATRIX']._serialized_end=116
   _globals['_FITOPTIONS']._serialized_start=119
-  _globals['_FITOPTIONS']._serialized_end=311
-  _globals['_MODEL']._serialized_start=314
-  _globals['_MODEL']._serialized_end=571
-  _globals['_FITREQUEST']._serialized_start=573
-  _globals['_FITREQUEST']._serialized_end=653
-  _globals['_FITRESPONSE']._serialized_start=655
-  _globals['_FITRESPONSE']._serialized_end=700
-  _globals['_TRANSFORMREQUEST']._serialized_start=702
-  _globals['_TRANSFORMREQUEST']._serialized_end=781
-  _globals['_TRANSFORMRESPONSE']._serialized_start=783
-  _globals['_TRANSFORMRESPONSE']._serialized_end=841
-  _globals['_SCOREOUTLIERSREQUEST']._serialized_start=844
-  _globals['_SCOREOUTLIERSREQUEST']._serialized_end=1005
-  _globals['_SCOREOUTLIERSRESPONSE']._serialized_start=1008
-  _globals['_SCOREOUTLIERSRESPONSE']._serialized_end=1166
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1168
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1190
-  _globals['_SERVERINFO']._serialized_start=1193
-  _globals['_SERVERINFO']._serialized_end=1397
-  _globals['_L1PCA']._serialized_start=1692
-  _globals['_L1PCA']._serialized_end=1974
+  _globals['_FITOPTIONS']._serialized_end=430
+  _globals['_MODEL']._serialized_start=433
+  _globals['_MODEL']._serialized_end=1081
+  _globals['_FITREQUEST']._serialized_start=1083
+  _globals['_FITREQUEST']._serialized_end=1163
+  _globals['_FITRESPONSE']._serialized_start=1165
+  _globals['_FITRESPONSE']._serialized_end=1210
+  _globals['_TRANSFORMREQUEST']._serialized_start=1212
+  _globals['_TRANSFORMREQUEST']._serialized_end=1291
+  _globals['_TRANSFORMRESPONSE']._serialized_start=1293
+  _globals['_TRANSFORMRESPONSE']._serialized_end=1351
+  _globals['_SCOREOUTLIERSREQUEST']._serialized_start=1354
+  _globals['_SCOREOUTLIERSREQUEST']._serialized_end=1515
+  _globals['_SCOREOUTLIERSRESPONSE']._serialized_start=1518
+  _globals['_SCOREOUTLIERSRESPONSE']._serialized_end=1839
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1841
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1863
+  _globals['_SERVERINFO']._serialized_start=1866
+  _globals['_SERVERINFO']._serialized_end=2070
+  _globals['_L1PCA']._serialized_start=2512
+  _globals['_L1PCA']._serialized_end=2794
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,13 @@ class Center(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CENTER_MEDIAN: _ClassVar[Center]
     CENTER_MEAN: _ClassVar[Center]
     CENTER_NONE: _ClassVar[Center]
+
+class OutlierGroup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTLIER_GROUP_REGULAR: _ClassVar[OutlierGroup]
+    OUTLIER_GROUP_GOOD_LEVERAGE: _ClassVar[OutlierGroup]
+    OUTLIER_GROUP_ORTHOGONAL_OUTLIER: _ClassVar[OutlierGroup]
+    OUTLIER_GROUP_BAD_LEVERAGE: _ClassVar[OutlierGroup]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -41,6 +48,10 @@ CENTER_UNSPECIFIED: Center
 CENTER_MEDIAN: Center
 CENTER_MEAN: Center
 CENTER_NONE: Center
+OUTLIER_GROUP_REGULAR: OutlierGroup
+OUTLIER_GROUP_GOOD_LEVERAGE: OutlierGroup
+OUTLIER_GROUP_ORTHOGONAL_OUTLIER: OutlierGroup
+OUTLIER_GROUP_BAD_LEVERAGE: OutlierGroup
 
 class Matrix(_message.Message):
     __slots__ = ("rows", "cols", "dtype", "data")
@@ -55,23 +66,29 @@ class Matrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FitOptions(_message.Message):
-    __slots__ = ("n_components", "method", "n_init", "center", "seed", "contamination")
+    __slots__ = ("n_components", "method", "n_init", "center", "seed", "contamination", "support_fraction", "cell_robust", "auto_components")
     N_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     N_INIT_FIELD_NUMBER: _ClassVar[int]
     CENTER_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CONTAMINATION_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    CELL_ROBUST_FIELD_NUMBER: _ClassVar[int]
+    AUTO_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     n_components: int
     method: Method
     n_init: int
     center: Center
     seed: int
     contamination: float
-    def __init__(self, n_components: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., n_init: _Optional[int] = ..., center: _Optional[_Union[Center, str]] = ..., seed: _Optional[int] = ..., contamination: _Optional[float] = ...) -> None: ...
+    support_fraction: float
+    cell_robust: bool
+    auto_components: bool
+    def __init__(self, n_components: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., n_init: _Optional[int] = ..., center: _Optional[_Union[Center, str]] = ..., seed: _Optional[int] = ..., contamination: _Optional[float] = ..., support_fraction: _Optional[float] = ..., cell_robust: _Optional[bool] = ..., auto_components: _Optional[bool] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("components", "center", "threshold", "method", "objective", "n_samples", "n_features", "backend", "n_flips", "converged", "seed")
+    __slots__ = ("components", "center", "threshold", "method", "objective", "n_samples", "n_features", "backend", "n_flips", "converged", "seed", "score_scales", "sd_cutoff", "od_cutoff", "score_cutoff", "cell_center", "cell_scale", "residual_scale", "support_fraction", "cell_robust", "n_csteps")
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     CENTER_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +100,16 @@ class Model(_message.Message):
     N_FLIPS_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_SCALES_FIELD_NUMBER: _ClassVar[int]
+    SD_CUTOFF_FIELD_NUMBER: _ClassVar[int]
+    OD_CUTOFF_FIELD_NUMBER: _ClassVar[int]
+    SCORE_CUTOFF_FIELD_NUMBER: _ClassVar[int]
+    CELL_CENTER_FIELD_NUMBER: _ClassVar[int]
+    CELL_SCALE_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_SCALE_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    CELL_ROBUST_FIELD_NUMBER: _ClassVar[int]
+    N_CSTEPS_FIELD_NUMBER: _ClassVar[int]
     components: Matrix
     center: Matrix
     threshold: float
@@ -94,7 +121,17 @@ class Model(_message.Message):
     n_flips: int
     converged: bool
     seed: int
-    def __init__(self, components: _Optional[_Union[Matrix, _Mapping]] = ..., center: _Optional[_Union[Matrix, _Mapping]] = ..., threshold: _Optional[float] = ..., method: _Optional[_Union[Method, str]] = ..., objective: _Optional[float] = ..., n_samples: _Optional[int] = ..., n_features: _Optional[int] = ..., backend: _Optional[str] = ..., n_flips: _Optional[int] = ..., converged: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
+    score_scales: Matrix
+    sd_cutoff: float
+    od_cutoff: float
+    score_cutoff: float
+    cell_center: Matrix
+    cell_scale: Matrix
+    residual_scale: Matrix
+    support_fraction: float
+    cell_robust: bool
+    n_csteps: int
+    def __init__(self, components: _Optional[_Union[Matrix, _Mapping]] = ..., center: _Optional[_Union[Matrix, _Mapping]] = ..., threshold: _Optional[float] = ..., method: _Optional[_Union[Method, str]] = ..., objective: _Optional[float] = ..., n_samples: _Optional[int] = ..., n_features: _Optional[int] = ..., backend: _Optional[str] = ..., n_flips: _Optional[int] = ..., converged: _Optional[bool] = ..., seed: _Optional[int] = ..., score_scales: _Optional[_Union[Matrix, _Mapping]] = ..., sd_cutoff: _Optional[float] = ..., od_cutoff: _Optional[float] = ..., score_cutoff: _Optional[float] = ..., cell_center: _Optional[_Union[Matrix, _Mapping]] = ..., cell_scale: _Optional[_Union[Matrix, _Mapping]] = ..., residual_scale: _Optional[_Union[Matrix, _Mapping]] = ..., support_fraction: _Optional[float] = ..., cell_robust: _Optional[bool] = ..., n_csteps: _Optional[int] = ...) -> None: ...
 
 class FitRequest(_message.Message):
     __slots__ = ("x", "options")
@@ -137,16 +174,28 @@ class ScoreOutliersRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ..., fit: _Optional[_Union[FitOptions, _Mapping]] = ..., x: _Optional[_Union[Matrix, _Mapping]] = ..., return_entry_scores: _Optional[bool] = ...) -> None: ...
 
 class ScoreOutliersResponse(_message.Message):
-    __slots__ = ("sample_scores", "outlier_rows", "entry_scores", "model")
+    __slots__ = ("sample_scores", "outlier_rows", "entry_scores", "model", "score_distances", "groups", "outlier_scores", "cell_flags", "cell_cutoff", "map_missing")
     SAMPLE_SCORES_FIELD_NUMBER: _ClassVar[int]
     OUTLIER_ROWS_FIELD_NUMBER: _ClassVar[int]
     ENTRY_SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_DISTANCES_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    OUTLIER_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CELL_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    CELL_CUTOFF_FIELD_NUMBER: _ClassVar[int]
+    MAP_MISSING_FIELD_NUMBER: _ClassVar[int]
     sample_scores: Matrix
     outlier_rows: _containers.RepeatedScalarFieldContainer[int]
     entry_scores: Matrix
     model: Model
-    def __init__(self, sample_scores: _Optional[_Union[Matrix, _Mapping]] = ..., outlier_rows: _Optional[_Iterable[int]] = ..., entry_scores: _Optional[_Union[Matrix, _Mapping]] = ..., model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+    score_distances: Matrix
+    groups: bytes
+    outlier_scores: Matrix
+    cell_flags: bytes
+    cell_cutoff: float
+    map_missing: bool
+    def __init__(self, sample_scores: _Optional[_Union[Matrix, _Mapping]] = ..., outlier_rows: _Optional[_Iterable[int]] = ..., entry_scores: _Optional[_Union[Matrix, _Mapping]] = ..., model: _Optional[_Union[Model, _Mapping]] = ..., score_distances: _Optional[_Union[Matrix, _Mapping]] = ..., groups: _Optional[bytes] = ..., outlier_scores: _Optional[_Union[Matrix, _Mapping]] = ..., cell_flags: _Optional[bytes] = ..., cell_cutoff: _Optional[float] = ..., map_missing: _Optional[bool] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

@@ -5,7 +5,7 @@ import warnings
 
 from l1pca.v1 import l1pca_pb2 as l1pca_dot_v1_dot_l1pca__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -68,7 +68,8 @@ class L1PCAServicer:
     """
 
     def Fit(self, request, context):
-        """Fit L1 principal components of one matrix: centre, L1-BF (or another method), outlier threshold.
+        """Fit L1 principal components of one matrix: centre, a robust L1-BF fit (or another method), the
+        outlier map's scales and cutoffs, the cell screen's scales.
         Concurrent Fit calls are batched into one solver call; the answer does not depend on the batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -83,8 +84,9 @@ class L1PCAServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScoreOutliers(self, request, context):
-        """Outlier scores of samples (and optionally of each entry) against a given model, or against a
-        model fitted on the same matrix in this call.
+        """The outlier map of samples (score distance, orthogonal distance, group, one combined outlier
+        score; higher = more outlying) and optionally standardised cell residuals and cell flags,
+        against a given model or against a model fitted on the same matrix in this call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
