@@ -8,8 +8,9 @@ numbers). The detector caps both pulls, with L1-BF at its core:
 1. **Cells first** (``cell_robust``): each feature's median and scaled MAD; cells beyond
    :data:`CELL_CUTOFF` robust SDs are clipped to that bound in the data the fit sees (winsorised,
    as DDC's first, univariate step flags them), so a glitching sensor cannot dominate the start.
-2. **A start outliers cannot pull:** the SVD of the rows normalised to unit length around the median
-   (spherical PCA, Locantore et al. 1999): each row has weight one whatever its length.
+2. **A start outliers cannot pull:** the ``h`` least outlying rows by the Stahel-Donoho
+   outlyingness over directions through pairs of rows (ROBPCA's first step), where a cluster of
+   outliers stands out along the directions that separate it.
 3. **C-steps** (``support_fraction``, ROBPCA's and MCD's loop): keep the ``h = ceil(f n)`` rows
    closest to the subspace (orthogonal distance), refit L1-BF on them (the first time with every
    start, then warm-started from the previous basis), until the support stops changing
@@ -158,20 +159,47 @@ def spherical_basis(Xc, n_axes):
     return Vt[:n_axes].T
 
 
+OUTLYINGNESS_DIRECTIONS = 250
+"""Directions of the Stahel-Donoho outlyingness that picks the first support (ROBPCA's 250)."""
+
+
+def outlyingness(X):
+    """Stahel-Donoho outlyingness of each row (n,): the largest ``|x v - med| / MAD`` over
+    :data:`OUTLYINGNESS_DIRECTIONS` directions ``v``, each through two rows, as ROBPCA's first step.
+    A cluster of outliers, which the normalised rows of spherical PCA would follow, lies far from
+    the median along the directions that separate it. The pairs come from a fixed generator, so a
+    matrix always gets the same support."""
+    n = X.shape[0]
+    if n < 2:
+        return np.zeros(n)
+    pairs = np.random.default_rng(0).integers(0, n, size=(OUTLYINGNESS_DIRECTIONS, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    V = (X[pairs[:, 0]] - X[pairs[:, 1]]).T  # (d, m)
+    norms = np.sqrt((V * V).sum(axis=0))
+    V = V[:, norms > 0] / norms[norms > 0]
+    if V.shape[1] == 0:
+        return np.zeros(n)
+    P = X @ V
+    med = np.median(P, axis=0)
+    mad = np.median(np.abs(P - med), axis=0)
+    ok = mad > 0
+    if not ok.any():
+        return np.zeros(n)
+    return (np.abs(P[:, ok] - med[ok]) / mad[ok]).max(axis=1)
+
+
 def choose_n_components(X, center="median", *, cell_robust=True):
-    """``n_components="auto"``: the smallest K whose robust dispersion share reaches
+    """``n_components="auto"``: the smallest K whose share of the dispersion reaches
     :data:`AUTO_DISPERSION`, at most :data:`AUTO_MAX_COMPONENTS`.
 
-    The axes are spherical PCA's (:func:`spherical_basis`) of the (cell-clipped) data; the dispersion
-    along each is the squared robust scale (1.4826 MAD) of the rows' scores on it, as ROBPCA's
-    default measures explained variance with robust eigenvalues. The share is of the sum over all
-    ``min(n, d)`` axes.
+    As ROBPCA's default: the eigenvalues of the covariance of the 75% least outlying rows
+    (:func:`outlyingness`) of the (cell-clipped) data, the share of their sum.
     """
     if cell_robust:
         X = clip_cells(X, *column_location_scale(X))
-    Xc = X - center_of(X, center)
-    V = spherical_basis(Xc, min(X.shape))
-    disp = np.sort(robust_scale(Xc @ V, axis=0) ** 2)[::-1]
+    S = _smallest(outlyingness(X), support_size(X.shape[0], 0.75))
+    Xs = X[S] - center_of(X[S], center)
+    disp = np.linalg.svd(Xs, compute_uv=False) ** 2
     share = np.cumsum(disp) / disp.sum() if disp.sum() > 0 else np.ones_like(disp)
     K = int(np.searchsorted(share, AUTO_DISPERSION - 1e-12) + 1)
     return max(1, min(K, AUTO_MAX_COMPONENTS, min(X.shape)))
@@ -217,9 +245,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
     for X, Xw in zip(mats, work):
         h = support_size(X.shape[0], support_fraction)
         if robust and h < X.shape[0]:
-            Xc = Xw - center_of(Xw, center)
-            od = orthogonal_distance(Xc, spherical_basis(Xc, K))
-            supports.append(_smallest(od, h))
+            supports.append(_smallest(outlyingness(Xw), h))
         else:
             supports.append(np.ones(X.shape[0], dtype=bool))
     centers = [center_of(Xw[S], center) for Xw, S in zip(work, supports)]
@@ -234,6 +260,9 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
         # (cell-robust): the cells flagged against that fit are replaced by their expected values,
         # once, then a refit and C-steps again. Flags are not re-derived at every step: cells near
         # the cutoff would flip back and forth.
+        # Rows that may enter the support: all, until phase 2 sets aside the rows with too many
+        # deviating cells to be repaired (their capped cell distance beyond its cutoff).
+        eligible = np.ones(X.shape[0], dtype=bool)
         for phase in (1, 2):
             refit = False
             if phase == 2:
@@ -242,9 +271,16 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
                 s_res = fit_residual_scale(X, c, Q, cell_center=loc, cell_scale=scl)
                 cf = cell_residuals(X, c, Q, s_res, cell_center=loc, cell_scale=scl)
                 Xw = np.where(cf.flags, c + cf.scores @ Q.T, X)
+                capped = np.sqrt(((s_res * np.minimum(np.abs(cf.z), CELL_CUTOFF)) ** 2).sum(axis=1))
+                eligible = capped <= _od_cutoff(capped)
+                if int(eligible.sum()) < int(S.sum()):
+                    eligible[:] = True  # too many to set aside: the support's trimming does it
                 refit = True  # the data changed: fit them at least once
             while steps < MAX_CSTEPS:
-                S_new = _smallest(orthogonal_distance(Xw - c, Q), int(S.sum())) if robust else S
+                S_new = S
+                if robust:
+                    S_new = _smallest(np.where(eligible, orthogonal_distance(Xw - c, Q), np.inf),
+                                      int(S.sum()))
                 if np.array_equal(S_new, S) and not refit:
                     break
                 S, refit = S_new, False
@@ -259,7 +295,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
             # Reweighting (ROBPCA's last step): the h-subset holds the rows nearest the fit, which
             # biases it toward itself on clean data; refit on every row within the OD cutoff.
             od = orthogonal_distance(Xw - c, Q)
-            keep = od <= _od_cutoff(od)
+            keep = eligible & (od <= _od_cutoff(od[eligible]))
             if keep.sum() > K and not np.array_equal(keep, S):
                 S = keep
                 c = center_of(Xw[S], center)
