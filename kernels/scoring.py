@@ -1,23 +1,21 @@
-"""Outlier scores from a fitted L1 subspace, and robust thresholds for them.
+"""Outlier scores from a fitted subspace, and robust cutoffs for them.
 
 With centre c and orthonormal basis Q (n_features x K), a sample's residual is
-``r = (x - c) - Q Q^T (x - c)``. ``||r||_2`` scores the sample (distance from the subspace); ``|r_j|``
-scores entry j of it, so the largest one points at the sensor that is off.
-
-Thresholds never use the mean and standard deviation of data that contain the outliers:
-
-* ``contamination="auto"``: ``median + n_mad * 1.4826 * MAD`` of the training scores (1.4826 makes the
-  MAD a consistent estimate of the standard deviation for Gaussian scores);
-* ``contamination=p`` in (0, 0.5]: the ``1 - p`` quantile of the training scores.
+``r = (x - c) - Q Q^T (x - c)``; ``||r||_2`` is its orthogonal distance (OD) from the subspace.
 
 The outlier map (:func:`fit_outlier_map`, :func:`outlier_map`; Hubert, Rousseeuw & Vanden Branden
 2005, ROBPCA) scores a sample twice: its score distance (SD) within the subspace, with robust
-per-component scales, and its orthogonal distance (OD) from it, each with its own cutoff, and sorts
-samples into four groups.
+per-component scales, and its OD, each with its own cutoff, and sorts samples into four groups;
+``max(SD / SD cutoff, OD / OD cutoff)`` ranks them. The detector (:mod:`l1pca.kernels.detection`)
+scores cells; :func:`robust_threshold` is the simple rule on one score that the CLI's streamed
+``--devices`` path uses, where the map's training pass is not kept.
 
-These are the functions the estimator, the client's local ``Model`` and the service all call. Each
-also takes a stack of equal-shaped problems (leading axes), computing for each exactly what it
-computes for that problem alone: :func:`l1pca.kernels.fitting.fit_many` scores a batch at once.
+Cutoffs never use the mean and standard deviation of data that contain the outliers: medians,
+MADs (times 1.4826, a consistent estimate of the standard deviation for Gaussian scores),
+chi-square and Wilson-Hilferty quantiles.
+
+Each function also takes a stack of equal-shaped problems (leading axes) where it says so,
+computing for each exactly what it computes for that problem alone.
 """
 from __future__ import annotations
 
