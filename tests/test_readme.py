@@ -38,8 +38,9 @@ def test_library_example_prints_what_its_comments_say(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          timeout=300, check=True).stdout.splitlines()
     assert out[0].startswith("(10, 2) ")
-    # The comments name the printed values: the five faulty rows, their flags and their feature.
-    assert out[1:] == ["[0 1 2 3 4]", "[-1 -1 -1 -1 -1  1]", "[3 3 3 3 3]"]
+    # The comments name the printed values: the five faulty rows, their flags, their feature, the
+    # flagged cells and the chosen K.
+    assert out[1:] == ["[0 1 2 3 4]", "[-1 -1 -1 -1 -1  1]", "[3 3 3 3 3]", "5", "2"]
 
 
 @pytest.mark.slow
