@@ -179,13 +179,14 @@ def outlyingness(X):
     V = V[:, norms > 0] / norms[norms > 0]
     if V.shape[1] == 0:
         return np.zeros(n)
-    P = X @ V
-    med = np.median(P, axis=0)
-    mad = np.median(np.abs(P - med), axis=0)
+    P = V.T @ X.T  # (m, n): each direction's projections contiguous, for the medians' partitions
+    med = np.median(P, axis=1, keepdims=True)
+    dev = np.abs(P - med)
+    mad = np.median(dev, axis=1)
     ok = mad > 0
     if not ok.any():
         return np.zeros(n)
-    return (np.abs(P[:, ok] - med[ok]) / mad[ok]).max(axis=1)
+    return (dev[ok] / mad[ok, None]).max(axis=0)
 
 
 def choose_n_components(X, center="median", *, cell_robust=True):
