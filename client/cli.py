@@ -1,16 +1,25 @@
 """The ``l1pca`` command line: ``fit`` and ``score`` (local kernels, or a server with ``--server``),
 and ``serve`` (the gRPC service).
 
-Data files are ``.npy`` or ``.csv`` with one sample per row (a CSV header line is detected and
-skipped). ``fit`` writes to ``-o OUT`` (a folder, created if needed):
+Data files are ``.npy`` or ``.csv`` with one sample per row (:mod:`l1pca.client.tables`): a CSV
+header names the features in every output, ``--columns`` / ``--drop`` choose the feature columns
+and ``--index-column`` labels the rows. ``--scale robust`` divides each column, minus its median, by
+its robust standard deviation before the fit (the default of ``score``: sensors come in different
+units); the scaling is stored beside the model (``scaling.json``) and applied again by
+``score --model``. ``fit`` writes to ``-o OUT`` (a folder, created if needed):
 
 * ``components.npy``  (n_components, n_features), the L1 principal axes;
 * ``projections.npy`` (n_samples, n_components), ``(X - center) @ components.T``;
 * ``model.npz``       everything needed to transform and score later (``score --model``);
-* ``summary.json``    shapes, method, backend, objective, flips, threshold, time.
+* ``scaling.json``    the per-column scaling the model's data went through;
+* ``summary.json``    shapes, method, backend, objective, flips, cutoffs, time.
 
-``score`` writes ``sample_scores.csv`` (index, score, outlier flag, most suspicious feature),
-``entry_scores.npy`` (n_samples, n_features) and ``summary.json``.
+``score`` writes ``sample_scores.csv`` (row label, outlier score, SD, OD, group, outlier flag,
+worst feature and its z), ``cells.csv`` (the flagged cells), ``entry_scores.npy`` (|z|,
+n_samples x n_features), ``summary.json`` and, when it fitted, ``model.npz`` and ``scaling.json``;
+``--plot DIR`` adds the outlier map and a cell heat map as PNG (:mod:`l1pca.client.plots`). On
+stdout: the chosen K, the flagged rows, and a table of the most suspicious cells
+(:mod:`l1pca.client.report`). The outlier score is higher = more outlying (PyOD's convention).
 
 Exit status (docs/cli.md): 0 success; 2 bad input or usage, locally or refused by the server
 (INVALID_ARGUMENT), with the reason on stderr; 1 a server or internal failure, "no server at
@@ -23,86 +32,18 @@ import json
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from l1pca.kernels import BACKENDS, CENTERS, DEFAULT_N_INIT, METHODS, Model
-from l1pca.kernels._validation import check_layout, nonfinite_error
+from l1pca.kernels import BACKENDS, CENTERS, DEFAULT_N_INIT, METHODS, InputError, Model
+from l1pca.kernels._validation import check_layout
+from l1pca.kernels.options import DEFAULT_SUPPORT_FRACTION
 
+from . import report
+from .tables import SCALES, SCALING_FILE, Scaling, load_matrix, read_table
 
-def load_matrix(path):
-    """Read a 2-D matrix from ``.npy`` or ``.csv`` (rows = samples).
-
-    Anything else raises ``ValueError`` (an :class:`~l1pca.kernels.InputError`) in the library's
-    words, with ``DATA`` as the argument's name: "DATA must be 2-D (n_samples, n_features); got 1-D
-    array of shape (5,)", "DATA must be finite; found nan at row 5, column 3 ...", "DATA must hold
-    numbers; found 'abc' at row 2, column 1 (line 4 of x.csv)". Rows and columns count from 0, as
-    in the array; a CSV's line counts from 1, as in an editor.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"DATA={str(path)!r}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            X = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"DATA={str(path)!r}: cannot read it as .npy ({exc})") from None
-    elif suffix in (".csv", ".txt"):
-        X = _load_csv(path)
-    else:
-        raise ValueError(f"DATA={str(path)!r}: expected a .npy or .csv file")
-    check_layout(X, name="DATA")
-    if X.dtype.kind == "f" and not np.isfinite(X).all():
-        raise nonfinite_error(X, name="DATA")
-    return X
-
-
-def _load_csv(path):
-    try:
-        with path.open() as fh:
-            first = fh.readline()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"DATA={str(path)!r}: cannot read it as text ({exc})") from None
-    try:
-        [float(tok) for tok in first.strip().split(",") if tok.strip() != ""]
-        skip = 0
-    except ValueError:
-        skip = 1  # a header line
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below
-            return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _csv_problem(path, skip) or ValueError(
-            f"DATA={str(path)!r}: cannot read it as CSV ({exc})") from None
-
-
-def _csv_problem(path, skip):
-    """The first cell or row that ``np.loadtxt`` refused, as a ValueError naming it (None if not
-    found). Blank lines and ``#`` comments are skipped, as ``np.loadtxt`` skips them."""
-    row, width = 0, None
-    with path.open(errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.split("#", 1)[0].strip()
-            if lineno <= skip or not line:
-                continue
-            cells = line.split(",")
-            for col, cell in enumerate(cells):
-                try:
-                    float(cell)
-                except ValueError:
-                    return ValueError(f"DATA must hold numbers; found {cell.strip()!r} at row {row}, "
-                                      f"column {col} (line {lineno} of {path})")
-            if width is not None and len(cells) != width:
-                return ValueError(f"DATA must have the same number of columns in every row; row "
-                                  f"{row} (line {lineno} of {path}) has {len(cells)}, row 0 has "
-                                  f"{width}")
-            width = len(cells) if width is None else width
-            row += 1
-    return None
+__all__ = ["ProgressBar", "build_parser", "load_matrix", "main"]
 
 
 class ProgressBar:
@@ -149,9 +90,21 @@ class ProgressBar:
         return False
 
 
-def _common_arguments(p):
-    p.add_argument("data", metavar="DATA", help=".npy or .csv file, one sample per row")
-    p.add_argument("-k", "--n-components", type=int, default=1, help="number of components K (default 1)")
+def _n_components(value):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 'auto' or a positive integer") from None
+
+
+def _common_arguments(p, *, default_scale):
+    p.add_argument("data", metavar="DATA", help=".npy or .csv file, one sample per row (a CSV header "
+                   "names the features)")
+    p.add_argument("-k", "--n-components", type=_n_components, default=1, metavar="K|auto",
+                   help="number of components K, or 'auto': the smallest K whose robust explained "
+                        "dispersion reaches 80%% (at most 10), reported (default 1)")
     p.add_argument("--method", default="bitflip", choices=list(METHODS),
                    help="solver (default bitflip): " + "; ".join(f"{k}: {v}" for k, v in METHODS.items()))
     p.add_argument("--backend", default="auto", choices=list(BACKENDS),
@@ -161,7 +114,26 @@ def _common_arguments(p):
     p.add_argument("--n-init", type=int, default=None, help=f"L1-BF starts (default {DEFAULT_N_INIT})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--contamination", default="auto",
-                   help="outlier threshold rule: 'auto' (median + 3 MAD) or a fraction in (0, 0.5]")
+                   help="outlier rule: 'auto' (outside the outlier map's cutoffs: outlier score > 1) "
+                        "or a fraction in (0, 0.5] (that share of the training rows is flagged)")
+    p.add_argument("--support-fraction", type=float, default=DEFAULT_SUPPORT_FRACTION, metavar="H",
+                   help="share of the rows the robust fit is fitted to, in [0.5, 1]; 1 = the plain "
+                        f"L1-BF fit on every row (default {DEFAULT_SUPPORT_FRACTION})")
+    p.add_argument("--no-cell-robust", dest="cell_robust", action="store_false",
+                   help="fit the cells as given (default: deviating cells are screened before the "
+                        "fit, so a sensor wrong in up to ~20%% of rows cannot become an axis)")
+    p.add_argument("--scale", default=None, choices=list(SCALES),
+                   help=f"per-column scaling before the fit (default {default_scale}): robust = "
+                        "minus the column's median, over its robust standard deviation (1.4826 MAD), "
+                        "computed on DATA, so that sensors in different units weigh alike; none = "
+                        "the data as given. Stored in OUT/scaling.json; score --model applies the "
+                        "stored one")
+    p.add_argument("--columns", default=None, metavar="A,B,...",
+                   help="feature columns to use (CSV header names or 0-based indices; default all)")
+    p.add_argument("--drop", default=None, metavar="A,B,...",
+                   help="columns to leave out (names or 0-based indices), e.g. --drop timestamp")
+    p.add_argument("--index-column", default=None, metavar="NAME|N",
+                   help="column whose values label the rows in the outputs (not a feature)")
     p.add_argument("-o", "--out", default="l1pca-out", help="output folder (default ./l1pca-out)")
     p.add_argument("--server", default=None, metavar="HOST:PORT",
                    help="fit on an l1pca server instead of locally (comma-separated list for round-robin)")
@@ -171,7 +143,8 @@ def _common_arguments(p):
                         "giving up with 'no server at HOST:PORT' (default 5)")
     p.add_argument("--devices", default=None, metavar="all|N",
                    help="shard the samples over JAX devices ('all' or a count) for matrices larger "
-                        "than one device; a .npy DATA is memory-mapped and streamed in chunks")
+                        "than one device; a .npy DATA is memory-mapped and streamed in chunks (the "
+                        "plain fit: no scaling, no robust refits)")
     p.add_argument("--distributed", action="store_true",
                    help="with --devices: join a multi-host job first (jax.distributed; reads "
                         "L1PCA_COORDINATOR, L1PCA_NUM_PROCESSES, L1PCA_PROCESS_ID or JOB_COMPLETION_INDEX)")
@@ -183,11 +156,25 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit L1 principal components; write components and projections")
-    _common_arguments(fit)
-    score = sub.add_parser("score", help="score samples and entries as outliers")
-    _common_arguments(score)
+    _common_arguments(fit, default_scale="none")
+    score = sub.add_parser(
+        "score", help="find outlying rows and faulty cells",
+        description="Find outlying rows and faulty cells. Each column is robustly scaled first "
+                    "(--scale robust, the default: sensors come in different units). The outlier "
+                    "score is higher = more outlying (PyOD's convention): max(SD / SD cutoff, "
+                    "OD / OD cutoff), above 1 outside the outlier map's cutoffs. A cell's z is its "
+                    "residual in robust standard deviations of its feature; |z| > 2.576 flags it.")
+    _common_arguments(score, default_scale="robust")
     score.add_argument("--model", default=None,
-                       help="model.npz written by 'l1pca fit' (default: fit on DATA first)")
+                       help="model.npz written by 'l1pca fit' or 'l1pca score' (default: fit on DATA "
+                            "first); the scaling.json beside it is applied to DATA")
+    score.add_argument("--top", type=int, default=10, metavar="N",
+                       help="rows of the suspicious-cells table on stdout (default 10; all flagged "
+                            "cells go to OUT/cells.csv)")
+    score.add_argument("--plot", default=None, metavar="DIR",
+                       help="write outlier_map.png (SD against OD, both cutoffs, outliers labelled) "
+                            "and cell_heatmap.png (|z| per row and feature) to DIR; needs matplotlib "
+                            "(pip install 'l1pca[plot]')")
     # `serve` parses its own flags (l1pca.service.config): the service is imported only when it runs.
     sub.add_parser("serve", add_help=False, help="run the gRPC service ('l1pca serve --help' lists "
                    "its flags)")
@@ -236,20 +223,25 @@ def _contamination(value):
     return _keyword_or(value, "auto", "--contamination", float, "'auto' or a number in (0, 0.5]")
 
 
+def _fit_options(args):
+    """The fit's options, shared by the local estimator and the server calls."""
+    support = args.support_fraction
+    return dict(method=args.method, n_init=args.n_init, center=args.center, seed=args.seed,
+                contamination=_contamination(args.contamination),
+                support_fraction=None if support == 1.0 else support, cell_robust=args.cell_robust)
+
+
 def _fit_model(X, args):
     """A fitted model (local estimator or the server's answer), as a :class:`l1pca.kernels.Model`."""
-    center = args.center
-    n_init = args.n_init
+    opts = _fit_options(args)
     if args.server:
         with _client(args) as client:
-            return client.fit(X, args.n_components, method=args.method, n_init=n_init,
-                              center=center, seed=args.seed,
-                              contamination=_contamination(args.contamination))
+            return client.fit(X, args.n_components, **opts)
     from l1pca.kernels import L1PCA
 
-    kwargs = {} if n_init is None else {"n_init": n_init}
-    est = L1PCA(args.n_components, method=args.method, center=center, backend=args.backend,
-                random_state=args.seed, contamination=_contamination(args.contamination), **kwargs)
+    n_init, seed = opts.pop("n_init"), opts.pop("seed")
+    est = L1PCA(args.n_components, backend=args.backend, random_state=seed,
+                **({} if n_init is None else {"n_init": n_init}), **opts)
     with ProgressBar(f"fit {X.shape[0]}x{X.shape[1]} K={args.n_components}",
                      enabled=not args.quiet) as bar:
         est.fit(X, progress=bar.update)
@@ -305,6 +297,20 @@ def _write_json(path, obj):
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _read(args, prefer=None):
+    return read_table(args.data, columns=args.columns, drop=args.drop,
+                      index_column=args.index_column, prefer=prefer)
+
+
+def _generic(names):
+    return all(name == f"x{j}" for j, name in enumerate(names))
+
+
+def _summary(model, args, scaling, features, **extra):
+    return dict(model.summary(), data=str(args.data), n_components_requested=args.n_components,
+                scaling=scaling.method, features=list(features), **extra)
+
+
 def cmd_fit(args):
     out = Path(args.out)
     t0 = time.perf_counter()
@@ -312,6 +318,9 @@ def cmd_fit(args):
         if args.server or args.method != "bitflip":
             raise ValueError("--devices runs the sharded L1-BF locally: it takes no --server and "
                              "only --method bitflip")
+        if args.scale == "robust" or args.n_components == "auto":
+            raise ValueError("--devices fits the data as given with a fixed K: it takes no "
+                             "--scale robust and no -k auto")
         if not Path(args.data).exists():
             raise ValueError(f"DATA={args.data!r}: no such file")
         primary = True
@@ -328,57 +337,131 @@ def cmd_fit(args):
             return 0
         out.mkdir(parents=True, exist_ok=True)
         model = _fit_sharded(args.data, args, out)
+        d = model.n_features
+        scaling = Scaling("none", [f"x{j}" for j in range(d)], np.zeros(d), np.ones(d))
     else:
-        X = load_matrix(args.data)
-        model = _fit_model(X, args)
+        table = _read(args)
+        scaling = Scaling.fit(args.scale or "none", table)
+        Xs = scaling.apply(table.values)
+        model = _fit_model(Xs, args)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "projections.npy", model.transform(X))
+        np.save(out / "projections.npy", model.transform(Xs))
     elapsed = time.perf_counter() - t0
     np.save(out / "components.npy", model.components)
     model.save(out / "model.npz")
-    summary = dict(model.summary(), data=str(args.data), fit_seconds=round(elapsed, 4),
-                   outputs=["components.npy", "projections.npy", "model.npz", "summary.json"])
+    scaling.save(out)
+    summary = _summary(model, args, scaling, scaling.features, fit_seconds=round(elapsed, 4),
+                       outputs=["components.npy", "projections.npy", "model.npz", SCALING_FILE,
+                                "summary.json"])
     _write_json(out / "summary.json", summary)
     if not args.quiet:
         print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 
 
+def _stored_scaling(args):
+    """The scaling stored beside ``--model`` (None when there is none: a model fitted on raw data
+    by an older version), checked against ``--scale``."""
+    path = Path(args.model).with_name(SCALING_FILE)
+    if not path.is_file():
+        if args.scale == "robust":
+            raise InputError(f"--scale robust: the model {args.model!r} has no {SCALING_FILE} beside "
+                             "it, so it was fitted on unscaled data; score with --scale none")
+        return None
+    scaling = Scaling.load(path)
+    if args.scale is not None and args.scale != scaling.method:
+        raise InputError(f"--scale {args.scale}: the model {args.model!r} was fitted with --scale "
+                         f"{scaling.method} ({path}); the stored scaling is applied to DATA")
+    return scaling
+
+
+def _check_features(table, scaling, args):
+    if len(table.features) != len(scaling.features):
+        raise InputError(f"DATA has {len(table.features)} feature columns "
+                         f"({', '.join(table.features)}); the model was fitted on "
+                         f"{len(scaling.features)} ({', '.join(scaling.features)}): choose them "
+                         "with --columns / --drop")
+    # Generic names (x0, x1, ...: a file without a header) match by position.
+    if not (_generic(table.features) or _generic(scaling.features)) \
+            and table.features != scaling.features:
+        raise InputError(f"DATA's feature columns ({', '.join(table.features)}) are not the model's "
+                         f"({', '.join(scaling.features)}): choose them with --columns")
+
+
 def cmd_score(args):
-    X = load_matrix(args.data)
     t0 = time.perf_counter()
+    if args.plot is not None:
+        from . import plots
+
+        plots.require_matplotlib()  # before the fit: a missing extra costs nothing
     model = Model.load(args.model, name="--model") if args.model else None
+    scaling = _stored_scaling(args) if model is not None else None
+    table = _read(args, prefer=scaling.features if scaling is not None else None)
+    if scaling is None:
+        scaling = Scaling.fit(args.scale or ("none" if model is not None else "robust"), table)
+    _check_features(table, scaling, args)
+    X = table.values
+    Xs = scaling.apply(X)
+    fitted_here = model is None
     if args.server:
         # One call: the server scores against the given model, or fits on DATA and scores.
         with _client(args) as client:
-            res = client.score_outliers(
-                X, model=model, n_components=args.n_components, method=args.method,
-                n_init=args.n_init, center=args.center,
-                seed=args.seed, contamination=_contamination(args.contamination),
-                return_entry_scores=True)
-        model, entries, scores = res.model, res.entry_scores, res.scores
+            res = client.score_outliers(Xs, model=model, n_components=args.n_components,
+                                        return_entry_scores=True, **_fit_options(args))
+        model = res.model
+        det = report.detect(model, Xs, res)
     else:
         if model is None:
-            model = _fit_model(X, args)
-        entries = model.score_entries(X)
-        scores = np.sqrt((entries * entries).sum(axis=1))
-    flags = scores > model.threshold
-    worst = entries.argmax(axis=1)
+            model = _fit_model(Xs, args)
+        det = report.detect(model, Xs)
+    expected = scaling.undo(det.expected)
+    cells = report.suspicious_cells(det, X, expected, rows=table.rows, features=table.features)
     elapsed = time.perf_counter() - t0
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["index,score,outlier,worst_feature"]
-    rows += [f"{i},{s:.10g},{int(f)},{w}" for i, (s, f, w) in enumerate(zip(scores, flags, worst))]
-    (out / "sample_scores.csv").write_text("\n".join(rows) + "\n")
-    np.save(out / "entry_scores.npy", entries)
-    summary = dict(model.summary(), data=str(args.data), seconds=round(elapsed, 4),
-                   n_outliers=int(flags.sum()), outliers=np.flatnonzero(flags).tolist()[:1000],
-                   outputs=["sample_scores.csv", "entry_scores.npy", "summary.json"])
+    outputs = ["sample_scores.csv", "cells.csv", "entry_scores.npy", "summary.json"]
+    report.write_sample_scores(out / "sample_scores.csv", det, rows=table.rows,
+                               features=table.features)
+    report.write_cells(out / "cells.csv", cells)
+    np.save(out / "entry_scores.npy", np.abs(det.z))
+    if fitted_here:
+        model.save(out / "model.npz")
+        scaling.save(out)
+        outputs += ["model.npz", SCALING_FILE]
+    flagged = np.flatnonzero(det.flagged)
+    if args.plot is not None:
+        outputs += _plots(Path(args.plot), det, model, table)
+    summary = _summary(model, args, scaling, table.features, seconds=round(elapsed, 4),
+                       n_outliers=len(flagged), outliers=[table.rows[i] for i in flagged[:1000]],
+                       n_flagged_cells=len(cells),
+                       outlier_score="higher = more outlying: max(SD / sd_cutoff, OD / od_cutoff); "
+                                     "a row is an outlier above score_cutoff",
+                       outputs=outputs)
     _write_json(out / "summary.json", summary)
     if not args.quiet:
-        print(json.dumps({k: summary[k] for k in ("n_samples", "n_features", "n_outliers",
-                                                   "threshold", "method")}, sort_keys=True))
+        chosen = " (chosen by -k auto)" if args.n_components == "auto" else ""
+        names = ", ".join(table.rows[i] for i in flagged[:20]) + (", ..." if len(flagged) > 20 else "")
+        print(f"K = {model.n_components}{chosen}; scaling: {scaling.method}")
+        print(f"{len(flagged)} of {X.shape[0]} rows flagged (outlier score > {model.score_cutoff:.3g}; "
+              f"higher = more outlying){': ' + names if len(flagged) else ''}")
+        print(report.format_cells(cells[:args.top], total=len(cells)))
     return 0
+
+
+def _plots(folder, det, model, table):
+    from . import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if det.sd is not None:
+        plots.outlier_map(folder / "outlier_map.png", det.sd, det.od, sd_cutoff=model.sd_cutoff,
+                          od_cutoff=model.od_cutoff, flagged=det.flagged, scores=det.score,
+                          labels=table.rows, title=f"outlier map (K = {model.n_components})")
+        written.append(str(folder / "outlier_map.png"))
+    plots.cell_heatmap(folder / "cell_heatmap.png", np.abs(det.z), det.cell_flags, scores=det.score,
+                       labels=table.rows, features=table.features, cutoff=report.CELL_CUTOFF)
+    return written + [str(folder / "cell_heatmap.png")]
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
 """The l1pca command line, run as a real subprocess on real data (scikit-learn's breast cancer set)."""
+import csv
 import io
 import json
 import subprocess
@@ -55,16 +56,25 @@ def test_score_csv_with_header_and_saved_model(cancer, tmp_path):
     r = run_cli("score", d / "cancer.csv", "--model", tmp_path / "fit" / "model.npz", "-o", tmp_path / "sc")
     assert r.returncode == 0, r.stderr
     model = Model.load(tmp_path / "fit" / "model.npz")
-    rows = (tmp_path / "sc" / "sample_scores.csv").read_text().splitlines()
-    assert rows[0] == "index,score,outlier,worst_feature" and len(rows) == 570
-    scores = np.array([float(row.split(",")[1]) for row in rows[1:]])
-    np.testing.assert_allclose(scores, model.score_samples(X), rtol=1e-8)
+    # `fit` does not scale by default, and `score --model` applies the model's (stored) scaling.
+    assert json.loads((tmp_path / "fit" / "scaling.json").read_text())["method"] == "none"
+    with open(tmp_path / "sc" / "sample_scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["row", "outlier_score", "sd", "od", "group", "outlier",
+                             "worst_feature", "worst_z"] and len(rows) == 569
+    scores = np.array([float(row["outlier_score"]) for row in rows])
+    np.testing.assert_allclose(scores, model.outlier_scores(X), rtol=1e-8)
+    np.testing.assert_allclose([float(row["od"]) for row in rows], model.score_samples(X), rtol=1e-8)
     entries = np.load(tmp_path / "sc" / "entry_scores.npy")
-    assert entries.shape == X.shape
-    flags = np.array([int(row.split(",")[2]) for row in rows[1:]])
+    np.testing.assert_allclose(entries, model.score_entries(X), rtol=1e-12)
+    flags = np.array([int(row["outlier"]) for row in rows])
     np.testing.assert_array_equal(flags == 1, model.predict(X) == -1)
+    # The CSV's header names the features (the model came from a .npy: matched by position).
+    names = list(load_breast_cancer().feature_names)
+    assert [row["worst_feature"] for row in rows] == [names[j] for j in entries.argmax(axis=1)]
     summary = json.loads((tmp_path / "sc" / "summary.json").read_text())
     assert summary["n_outliers"] == int(flags.sum()) and summary["method"] == "non-greedy"
+    assert summary["scaling"] == "none" and summary["features"] == names
 
 
 @pytest.mark.slow
