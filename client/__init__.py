@@ -1,9 +1,11 @@
 """l1pca.client: the Python client of the l1pca service, the ``Model`` it returns, and the CLI."""
 from l1pca.kernels.model import Model
 
-__all__ = ["Model", "Client", "AsyncClient", "ClientError", "Retry", "OutlierScores", "tls_credentials"]
+__all__ = ["Model", "Client", "AsyncClient", "ClientError", "GROUPS", "Retry", "OutlierScores",
+           "tls_credentials"]
 
-_GRPC_NAMES = ("Client", "AsyncClient", "ClientError", "Retry", "OutlierScores", "tls_credentials")
+_GRPC_NAMES = ("Client", "AsyncClient", "ClientError", "GROUPS", "Retry", "OutlierScores",
+               "tls_credentials")
 
 
 def __getattr__(name):

@@ -8,8 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from l1pca.client import AsyncClient, Client, ClientError
-from l1pca.client.grpc_client import GROUPS
+from l1pca.client import GROUPS, AsyncClient, Client, ClientError
 from l1pca.kernels import L1PCA
 from l1pca.kernels.fitting import fit_many
 from l1pca.proto import wire
