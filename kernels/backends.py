@@ -20,20 +20,21 @@ imports with no CuPy and no GPU.
   16 x 4: 1.1 s against 1.5; 64 of 12 x 6, K = 4: 2.1 s against 5.0; 16 of 200 x 10: 0.53 s against
   11 s).
 
-Not kept: a compiled loop per search. Numba 0.68 ran the same rules on one search at a time, with
-the Gram matrix of each problem computed once (a prototype, 2026-12-02). Its signs and flip counts
-matched the batched JAX call on 32 problems of 64 x 16, K = 2, 8 starts. It searched in 0.41 ms per
-problem on the service benchmark's data and 0.82 ms on Gaussian data; JAX's call for 16 problems
-took 0.78 and 1.3 ms per problem. With NumPy's per-problem set-up (0.34 ms: eigenvector, starts)
-added, JAX's call for 16 problems took 1.0-1.2x its time: little gain for batches. A lone fit ran
-2.3-2.5x faster (0.94 against 2.16 ms): a lower latency for lone requests, but it would shrink what
-batching gains on the CPU, and add a dependency and a third implementation of the search to keep
-in step.
+The host path's search (:func:`l1pca.kernels.solve.host_search`) is the compiled loop of
+:mod:`l1pca.kernels.bitflip_numba` for ``backend="auto"`` wherever Numba imports, below
+:data:`l1pca.kernels.bitflip_screened.SCREEN_MIN_SAMPLES` samples (the screened NumPy search is
+faster above): same steps and signs as the NumPy reference, 30-60x faster on small problems
+(``docs/decisions/0011-compiled-search-loop.md``). ``backend="numpy"`` stays the reference. With
+the compiled loop, a batch of small K <= 2 problems on the CPU runs faster on the host than as one
+batched JAX call, so ``"auto"`` no longer sends CPU batches to JAX when the loop is usable.
 """
 from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
+import threading
 
 from .errors import InputError
 
@@ -232,6 +233,87 @@ def device_description() -> str:
     return "cpu"
 
 
+@functools.cache
+def numba_usable() -> bool:
+    """Numba imports (the compiled host search, :mod:`l1pca.kernels.bitflip_numba`)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:  # ImportError, or a Numba that does not match this NumPy
+        return False
+    return True
+
+
+_LOOP_LOCK = threading.Lock()
+_LOOP_STATE = {"ready": False, "thread": None, "error": None}
+
+
+def compiled_loop(wait: bool = True):
+    """The compiled search (:func:`l1pca.kernels.bitflip_numba.bitflip_search_numba`) when it can
+    run now, else None (Numba missing, or, with ``wait=False``, its machine code not loaded yet).
+
+    Numba keeps the machine code in its on-disk cache: a process finds it there in about 0.3 s; a
+    cold cache means a compile of about 20 s on a 2-core box. ``wait=True`` (``compile="wait"``)
+    loads or compiles it now. ``wait=False`` (``compile="background"``, the service) never waits:
+    the first call starts :func:`warm_compiled_loop` in a thread and the caller runs the NumPy
+    reference meanwhile.
+    """
+    if not numba_usable() or _LOOP_STATE["error"] is not None:
+        return None
+    if not _LOOP_STATE["ready"]:
+        if not wait:
+            warm_compiled_loop(background=True)
+            return None
+        _load_loop()
+    from .bitflip_numba import bitflip_search_numba
+
+    return bitflip_search_numba
+
+
+def warm_compiled_loop(background: bool = True) -> threading.Thread | None:
+    """Make the compiled search ready in this process: compile it into Numba's on-disk cache in a
+    child process (so that this process's interpreter lock is not held for the compile), then load
+    it from the cache. ``background=True`` does it in a daemon thread (started once) and returns it.
+    The service's warm-up calls this; ``l1pca.kernels.bitflip_numba``'s ``python -m`` entry point
+    warms the cache at install time."""
+    if not numba_usable() or _LOOP_STATE["ready"]:
+        return None
+    if not background:
+        _compile_in_child()
+        _load_loop()
+        return None
+    with _LOOP_LOCK:
+        if _LOOP_STATE["thread"] is None:
+            def run():
+                _compile_in_child()
+                _load_loop()
+
+            _LOOP_STATE["thread"] = threading.Thread(target=run, name="l1pca-numba-warm", daemon=True)
+            _LOOP_STATE["thread"].start()
+        return _LOOP_STATE["thread"]
+
+
+def _compile_in_child():
+    try:
+        subprocess.run([sys.executable, "-m", "l1pca.kernels.bitflip_numba"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    except (OSError, subprocess.SubprocessError):
+        pass  # _load_loop compiles here instead
+
+
+def _load_loop():
+    with _LOOP_LOCK:
+        if _LOOP_STATE["ready"]:
+            return
+        try:
+            from .bitflip_numba import warm_up
+
+            warm_up()
+        except Exception as exc:  # a broken Numba install: the NumPy reference serves
+            _LOOP_STATE["error"] = exc
+            return
+        _LOOP_STATE["ready"] = True
+
+
 def host_backend() -> str:
     """The backend that needs no compile per shape: CuPy on a usable GPU, else NumPy (what a bucket
     runs on while its JAX program compiles in the background)."""
@@ -259,6 +341,6 @@ def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = Fal
         if batch_size > 1 and "jax" in gpus:
             return "jax"
         return "cupy" if "cupy" in gpus else "jax"
-    if n_components > JAX_CPU_MAX_COMPONENTS:
-        return "numpy"
+    if n_components > JAX_CPU_MAX_COMPONENTS or numba_usable():
+        return "numpy"  # the host path: the compiled loop when Numba is there
     return "jax" if compiled or batch_size >= JAX_MIN_BATCH else "numpy"

@@ -11,6 +11,7 @@ HAS_JAX_GPU = backends.jax_gpu_usable()
 @pytest.mark.slow
 def test_auto_on_cpu_picks_numpy_for_single_and_jax_for_batches(monkeypatch):
     monkeypatch.setenv(backends.FORCE_CPU_ENV, "1")
+    monkeypatch.setattr(backends, "numba_usable", lambda: False)  # the rule without the compiled loop
     assert backends.gpu_backends() == ()
     assert backends.resolve("auto", "bitflip", 1) == "numpy"
     assert backends.resolve("auto", "bitflip", backends.JAX_MIN_BATCH - 1) == "numpy"
@@ -32,6 +33,7 @@ def test_auto_on_cpu_picks_numpy_for_single_and_jax_for_batches(monkeypatch):
 @pytest.mark.slow
 def test_auto_uses_jax_once_the_bucket_is_compiled(monkeypatch):
     monkeypatch.setenv(backends.FORCE_CPU_ENV, "1")
+    monkeypatch.setattr(backends, "numba_usable", lambda: False)
     rng = np.random.default_rng(1)
     X = rng.standard_normal((40, 6))
     assert solve(X, 2, n_init=7).backend == "numpy"
@@ -40,6 +42,13 @@ def test_auto_uses_jax_once_the_bucket_is_compiled(monkeypatch):
     res = solve(other, 2, n_init=7)
     assert res.backend == "jax"
     assert solve(X, 2, n_init=7, random_state=0).objective == ref.objective
+
+
+@pytest.mark.skipif(not backends.numba_usable(), reason="numba is not installed")
+def test_auto_on_cpu_runs_batches_on_the_compiled_host_loop(monkeypatch):
+    monkeypatch.setenv(backends.FORCE_CPU_ENV, "1")
+    assert backends.resolve("auto", "bitflip", 4096, compiled=True, n_components=2) == "numpy"
+    assert backends.compiled_loop(wait=True) is not None
 
 
 @pytest.mark.skipif(HAS_CUPY, reason="CuPy with a GPU is present; the refusal only applies without one")
