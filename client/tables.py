@@ -54,35 +54,83 @@ def _is_number(cell):
 
 
 def _csv_lines(path):
-    """``(line number, cells)`` of every data-bearing line (blank lines and ``#`` comments skipped)."""
+    """``(line numbers, rows of cells)`` of every data-bearing line (blank lines and ``#`` comments
+    skipped); one csv reader over the whole file."""
     try:
         with path.open(newline="") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"DATA={str(path)!r}: cannot read it as text ({exc})") from None
-    lines = []
+    numbers, bodies = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if line:
-            lines.append((lineno, next(csv.reader([line], skipinitialspace=True))))
-    return lines
+            numbers.append(lineno)
+            bodies.append(line)
+    return numbers, list(csv.reader(bodies, skipinitialspace=True))
 
 
 def _read_csv(path):
     """``(columns of cells, header names or None, line numbers of the data rows)``."""
-    lines = _csv_lines(path)
+    numbers, rows = _csv_lines(path)
     header = None
-    if lines and not all(_is_number(c) for c in lines[0][1] if c.strip()):
-        header = [c.strip() for c in lines[0][1]]
-        lines = lines[1:]
-    width = len(header) if header is not None else (len(lines[0][1]) if lines else 0)
-    for row, (lineno, cells) in enumerate(lines):
+    if rows and not all(_is_number(c) for c in rows[0] if c.strip()):
+        header = [c.strip() for c in rows[0]]
+        numbers, rows = numbers[1:], rows[1:]
+    width = len(header) if header is not None else (len(rows[0]) if rows else 0)
+    for row, cells in enumerate(rows):
         if len(cells) != width:
             first = "the header has" if header is not None else "row 0 has"
             raise InputError(f"DATA must have the same number of columns in every row; row {row} "
-                             f"(line {lineno} of {path}) has {len(cells)}, {first} {width}")
-    columns = [[cells[j].strip() for _, cells in lines] for j in range(width)]
-    return columns, header, [lineno for lineno, _ in lines]
+                             f"(line {numbers[row]} of {path}) has {len(cells)}, {first} {width}")
+    columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in range(width)]
+    return columns, header, numbers
+
+
+def _csv_header(path):
+    """``(column names, lines to skip before the data)`` from the first data-bearing line: the
+    header's names, or ``x0, x1, ...`` when it holds numbers (then nothing is skipped)."""
+    try:
+        with path.open(newline="") as fh:
+            for lineno, line in enumerate(fh, 1):
+                body = line.split("#", 1)[0].strip()
+                if body:
+                    cells = next(csv.reader([body], skipinitialspace=True))
+                    if all(_is_number(c) for c in cells if c.strip()):
+                        return [f"x{j}" for j in range(len(cells))], 0
+                    return [c.strip() for c in cells], lineno
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"DATA={str(path)!r}: cannot read it as text ({exc})") from None
+    return [], 0
+
+
+def _read_csv_fast(path, skip, keep, index, width):
+    """``(values, row labels)`` by NumPy's C reader, or None when it refuses the file (text in a
+    chosen column, ragged rows, no data: the slow reader then says what and where)."""
+    import warnings
+
+    try:
+        with path.open() as fh:
+            # Every data line has width - 1 commas, else (a ragged row, a quoted comma) the slow
+            # reader decides: np.loadtxt with usecols would not notice a row longer than the header.
+            for lineno, line in enumerate(fh, 1):
+                body = line.split("#", 1)[0].strip()
+                if lineno > skip and body and body.count(",") != width - 1:
+                    return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            X = np.loadtxt(path, delimiter=",", skiprows=skip, usecols=keep, ndmin=2,
+                           quotechar='"', comments="#")
+            rows = (np.loadtxt(path, delimiter=",", skiprows=skip, usecols=[index], ndmin=1,
+                               dtype=str, quotechar='"', comments="#")
+                    if index is not None else None)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if X.shape[0] == 0:
+        return None
+    labels = ([str(r).strip() for r in rows] if rows is not None
+              else [str(i) for i in range(X.shape[0])])
+    return X, labels
 
 
 def _resolve(token, names, flag):
@@ -132,6 +180,7 @@ def _to_numbers(cells, j, name, line_numbers, path):
         return np.array(cells, dtype=np.float64)
     except ValueError:
         pass
+    cells = [c.strip() for c in cells]
     bad = [i for i, c in enumerate(cells) if not _is_number(c)]
     if 2 * len(bad) > len(cells):  # mostly text: an id or a timestamp, not a sensor
         raise InputError(
@@ -168,15 +217,19 @@ def read_table(path, *, columns=None, drop=None, index_column=None, prefer=None)
         X = arr[:, keep] if keep != list(range(arr.shape[1])) else arr
         features = [names[j] for j in keep]
     elif suffix in (".csv", ".txt"):
-        cols, header, line_numbers = _read_csv(path)
-        names = header if header is not None else [f"x{j}" for j in range(len(cols))]
-        if not line_numbers:
-            X = np.empty((0, len(names)))
-            check_layout(X, name="DATA")  # "at least one sample and one feature"
+        names, skip = _csv_header(path)
         keep, index = select_columns(names, columns=columns, drop=drop, index_column=index_column,
                                      prefer=prefer)
-        X = np.column_stack([_to_numbers(cols[j], j, names[j], line_numbers, path) for j in keep])
-        rows = cols[index] if index is not None else [str(i) for i in range(len(line_numbers))]
+        fast = _read_csv_fast(path, skip, keep, index, len(names))
+        if fast is not None:
+            X, rows = fast
+        else:  # the slow reader, which says what is wrong and where
+            cols, _, line_numbers = _read_csv(path)
+            if not line_numbers:
+                check_layout(np.empty((0, len(names))), name="DATA")  # "at least one sample ..."
+            X = np.column_stack([_to_numbers(cols[j], j, names[j], line_numbers, path) for j in keep])
+            rows = ([c.strip() for c in cols[index]] if index is not None
+                    else [str(i) for i in range(len(line_numbers))])
         features = [names[j] for j in keep]
     else:
         raise InputError(f"DATA={str(path)!r}: expected a .npy or .csv file")

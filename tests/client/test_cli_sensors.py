@@ -270,3 +270,13 @@ def test_robust_scaling_survives_a_constant_column():
     s = Scaling.fit("robust", Table(X, ["a", "b", "c"], [str(i) for i in range(22)]))
     assert (s.scale > 0).all() and s.scale[2] == 1.0
     np.testing.assert_allclose(s.undo(s.apply(X)), X)
+
+
+def test_quotes_comments_and_ragged_rows(tmp_path):
+    (tmp_path / "q.csv").write_text('# exported by the plant\nid,"a",b\n\n"r1",1.5,2\n"r2", 3,4 # note\n')
+    t = read_table(tmp_path / "q.csv", index_column="id")
+    assert t.features == ["a", "b"] and t.rows == ["r1", "r2"]
+    np.testing.assert_array_equal(t.values, [[1.5, 2.0], [3.0, 4.0]])
+    (tmp_path / "r.csv").write_text("a,b\n1,2\n3,4,5\n")  # a row longer than the header
+    with pytest.raises(InputError, match=r"row 1 \(line 3 of .*\) has 3, the header has 2"):
+        read_table(tmp_path / "r.csv")
