@@ -1,0 +1,123 @@
+"""Small fits side by side with scikit-learn's PCA: the targets of issue 29's compiled search loop.
+
+Rows (one BLAS thread for everything, medians of repeated runs):
+
+* a lone 64 x 16, K = 2 default fit, ``solve(X, 2, random_state=0)``, against ``PCA(2).fit(X)``
+  (target: within 5x), with the NumPy reference (``backend="numpy"``) beside it;
+* a batch of ``--batch`` such fits: the host path (``backend="auto"``: the compiled loop per fit)
+  against today's batched JAX call (``solve_batch(..., backend="jax")`` after its compile), per fit
+  (target: at least as fast);
+* 569 x 30, K = 3 (``load_breast_cancer``) default fit against ``PCA(3).fit`` (target: within
+  10x), on the raw data (what ``solve`` gets) and median-centred (what ``L1PCA`` fits).
+
+Prints a table and writes ``bench/results/small_fits.md`` (``--out``). ``--gpu`` adds the batch on
+JAX and the lone fits on CuPy where a GPU is usable (``bench/gpu_check.sh``).
+
+    OMP_NUM_THREADS=1 python bench/small_fits.py [--batch 4096] [--repeats 20]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+from sklearn.datasets import load_breast_cancer  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from l1pca.kernels import backends, solve, solve_batch  # noqa: E402
+
+
+def median_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def run(batch, repeats, gpu):
+    rows = []
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 16))
+    pca = median_ms(lambda: PCA(2).fit(X), repeats)
+    auto = median_ms(lambda: solve(X, 2, random_state=0), repeats)
+    ref = median_ms(lambda: solve(X, 2, random_state=0, backend="numpy"), max(3, repeats // 10))
+    rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, "solve (auto: compiled loop)", auto, 5.0))
+    rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, "solve (backend='numpy')", ref, None))
+    if gpu and backends.cupy_usable():
+        cp = median_ms(lambda: solve(X, 2, random_state=0, backend="cupy"), repeats)
+        rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, "solve (backend='cupy')", cp, None))
+
+    Xs = [rng.standard_normal((64, 16)) for _ in range(batch)]
+    solve_batch(Xs[:2], 2, random_state=0)  # load the compiled loop
+    t0 = time.perf_counter()
+    solve_batch(Xs, 2, random_state=0)
+    host = 1e3 * (time.perf_counter() - t0) / batch
+    solve_batch(Xs, 2, random_state=0, backend="jax")  # compile (not timed)
+    t0 = time.perf_counter()
+    solve_batch(Xs, 2, random_state=0, backend="jax")
+    jax = 1e3 * (time.perf_counter() - t0) / batch
+    where = "GPU" if backends.jax_gpu_usable() and not backends._force_cpu() else "CPU"
+    rows.append((f"batch of {batch} 64 x 16, K=2 (per fit)", f"solve_batch(backend='jax', {where})", jax,
+                 "solve_batch (auto: compiled loop)", host, 1.0))
+
+    data = load_breast_cancer().data
+    for name, Xb in (("raw", data), ("median-centred", data - np.median(data, axis=0))):
+        pca3 = median_ms(lambda Xb=Xb: PCA(3).fit(Xb), repeats)
+        fit = median_ms(lambda Xb=Xb: solve(Xb, 3, random_state=0), max(3, repeats // 4))
+        rows.append((f"569 x 30, K=3 ({name})", "PCA(3).fit", pca3, "solve (auto)", fit, 10.0))
+    return rows
+
+
+def table(rows):
+    lines = ["| problem | baseline | baseline ms | ours | ours ms | ratio | target |",
+             "|---|---|---|---|---|---|---|"]
+    for prob, bname, b, oname, o, target in rows:
+        ratio = o / b
+        tgt = "-" if target is None else f"<= {target:g}x ({'met' if ratio <= target else 'NOT met'})"
+        lines.append(f"| {prob} | {bname} | {b:.3f} | {oname} | {o:.3f} | {ratio:.2f}x | {tgt} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=4096, help="fits in the batch row")
+    ap.add_argument("--repeats", type=int, default=20, help="timed runs per lone row (median)")
+    ap.add_argument("--gpu", action="store_true", help="also the GPU backends, where usable")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "small_fits.md"))
+    args = ap.parse_args(argv)
+    from _report import machine, machine_sentence
+
+    rows = run(args.batch, args.repeats, args.gpu)
+    report = f"""# Small fits against scikit-learn's PCA
+
+{machine_sentence(machine(), backends.device_description() if args.gpu else None)}One BLAS
+thread; numba {_numba_version()}. Default fits (8 starts at most, pair moves); ratios are ours
+over the baseline (lower is better). Command: `python bench/small_fits.py --batch {args.batch}
+--repeats {args.repeats}`.
+
+{table(rows)}
+"""
+    print(report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+
+
+def _numba_version():
+    try:
+        import numba
+
+        return numba.__version__
+    except ImportError:
+        return "absent"
+
+
+if __name__ == "__main__":
+    main()
