@@ -38,7 +38,7 @@ import numpy as np
 
 from l1pca.kernels import BACKENDS, CENTERS, DEFAULT_N_INIT, METHODS, InputError, Model
 from l1pca.kernels._validation import check_layout
-from l1pca.kernels.options import DEFAULT_SUPPORT_FRACTION
+from l1pca.kernels.options import DEFAULT_SUPPORT_FRACTION, check_support_fraction
 
 from . import report
 from .tables import SCALES, SCALING_FILE, Scaling, load_matrix, read_table
@@ -225,10 +225,14 @@ def _contamination(value):
 
 def _fit_options(args):
     """The fit's options, shared by the local estimator and the server calls."""
-    support = args.support_fraction
+    try:
+        support = check_support_fraction(args.support_fraction)
+    except InputError:
+        raise InputError(f"--support-fraction={args.support_fraction!r} must be a number in "
+                         "[0.5, 1] (1: the plain fit on every row)") from None
     return dict(method=args.method, n_init=args.n_init, center=args.center, seed=args.seed,
                 contamination=_contamination(args.contamination),
-                support_fraction=None if support == 1.0 else support, cell_robust=args.cell_robust)
+                support_fraction=support, cell_robust=args.cell_robust)
 
 
 def _fit_model(X, args):

@@ -166,6 +166,9 @@ def test_a_text_column_stops_the_run_naming_it(sensors, tmp_path, capsys):
     assert main(["score", str(path), "--drop", "timestamp", "-o", str(tmp_path / "o"),
                  "--quiet"]) == 2
     assert "DATA column 'unit_id' (column 1) holds text" in capsys.readouterr().err
+    assert main(["score", str(path), *FLAGS, "--support-fraction", "0.2", "-o", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    assert "--support-fraction=0.2 must be a number in [0.5, 1]" in capsys.readouterr().err
 
 
 def test_score_model_applies_the_stored_scaling_to_new_data(scored, tmp_path):
