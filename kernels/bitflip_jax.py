@@ -37,6 +37,7 @@ from .flip_rule import (
     sweep_mask,
 )
 from .reduce import iter_starts, search_data
+from .starts import best_kept
 
 # Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps
 # its own cache; this mirror of it lets backend="auto" prefer JAX where no compile is pending,
@@ -338,15 +339,19 @@ def _prepare(X, G):
 
 
 @functools.partial(jax.jit, static_argnames=("warm_start", "pair_moves"))
-def _solve_bucket_jit(X, G, max_flips, tol, warm_start, pair_moves):
+def _solve_bucket_jit(X, G, max_flips, tol, warm_start, pair_moves, n_agree):
     Y, starts = jax.vmap(_prepare)(X, G)
     B, val, flips, conv = search_lanes(Y, starts, max_flips, tol, warm_start, pair_moves)
-    best = jnp.argmax(val, axis=1)  # first of the best starts, as the NumPy loop
+    # Every start ran; keep the ones the NumPy loop would have run (l1pca.kernels.starts) and the
+    # first of the best among them. n_agree is traced: it does not enter the compile key.
+    best, kept = best_kept(val, n_agree, jnp)
     pick = jnp.arange(X.shape[0])
-    return B[pick, best], val[pick, best], jnp.sum(flips, axis=1), conv[pick, best]
+    ran = jnp.arange(val.shape[1])[None, :] < kept[:, None]
+    return (B[pick, best], val[pick, best], jnp.sum(jnp.where(ran, flips, 0), axis=1),
+            conv[pick, best], kept)
 
 
-def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True):
+def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True, n_agree=0):
     """L1-BF for a stack of equal-shaped problems.
 
     Parameters
@@ -357,17 +362,20 @@ def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True):
         Gaussian draws for the random starts (zero rows for padded features).
     max_flips : int
         Flip cap per start (the largest of the problems' own caps).
+    n_agree : int, default=0
+        The start rule of :mod:`l1pca.kernels.starts`, applied after all starts ran: the answer and
+        the flip count are those of the starts the host loop would have run (0: all).
 
     Returns
     -------
-    signs (b, N, K), value (b,), n_flips (b,), converged (b,) as NumPy arrays.
+    signs (b, N, K), value (b,), n_flips (b,), converged (b,), starts kept (b,) as NumPy arrays.
     """
     with jax.enable_x64(True):
         # NumPy operands straight to the jitted function (one transfer in jit's C++ path, no
         # separate conversions), and one fetch of all outputs.
         out = jax.device_get(_solve_bucket_jit(
             np.asarray(X, np.float64), np.asarray(G, np.float64), np.int32(max_flips),
-            np.float64(tol), bool(warm_start), bool(pair_moves),
+            np.float64(tol), bool(warm_start), bool(pair_moves), np.int32(n_agree),
         ))
     _COMPILED.add((*X.shape, G.shape[3], G.shape[1] + 1, bool(warm_start), bool(pair_moves)))
     return out

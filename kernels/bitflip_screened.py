@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .bitflip import select_flip_bounded
 from .flip_rule import (
     TIE_RTOL,
     SearchResult,
@@ -84,9 +85,16 @@ def search_screened(Y, B0, *, max_flips, tol, warm_start, pair_moves):
         sweep = bad is not None and bool(bad.any())
         if sweep:
             j, best = 0, -np.inf
+        elif not rows.size:
+            j, best = 0, -np.inf
+        elif K >= 3:
+            # The reference's K >= 3 selection on the candidate rows: the same choice, with an
+            # eigenvalue problem only for the bits whose concavity bound reaches the tolerance
+            # (all candidates' exactly cost 3-5 ms a step at 1e4 x 30, K = 3).
+            j, best = select_flip_bounded(Br, P, C, g[rows], flipped[rows], cur, tol)
         else:
             gains = np.where(flipped[rows], -np.inf, candidate_gains(Br, P, C, g[rows]))
-            j, best = select_flip(gains, cur) if gains.size else (0, -np.inf)
+            j, best = select_flip(gains, cur)
         out = step_outcome(sweep, float(best), cur, tol, bool(flipped.any()), n_flips, max_flips)
         if out.capped:
             break

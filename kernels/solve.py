@@ -20,8 +20,9 @@ from .compile_queue import COMPILES, compiled, jax_batch_size, program_key
 from .errors import InputError
 from .exact import exact_search
 from .flip_rule import default_max_flips
-from .options import DEFAULT_N_INIT, DEFAULT_TOL, MAX_CANDIDATES, SolveOptions
+from .options import DEFAULT_N_AGREE, DEFAULT_N_INIT, DEFAULT_TOL, MAX_CANDIDATES, SolveOptions
 from .reduce import iter_starts, procrustes, reduce_rank, search_data, sign
+from .starts import agreed
 
 MIN_BUCKET = 8
 """Smallest padded size of a shape bucket (rows and columns) on the batched JAX path."""
@@ -54,6 +55,9 @@ class SolveResult:
         Fixed-point iterations (baselines only).
     converged : bool
         False when an iteration cap stopped the best start before a local optimum.
+    n_starts : int
+        L1-BF starts the answer was chosen from (``n_init``, or fewer where ``n_agree`` stopped
+        them; :mod:`l1pca.kernels.starts`); 0 for the other methods.
     """
 
     components: np.ndarray
@@ -64,6 +68,7 @@ class SolveResult:
     n_flips: int = 0
     n_iter: int = 0
     converged: bool = True
+    n_starts: int = 0
 
 
 def bucket_shape(n_samples, n_features):
@@ -77,7 +82,8 @@ def bucket_shape(n_samples, n_features):
 
 def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
           random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True, pair_moves=True,
-          max_candidates=MAX_CANDIDATES, progress=None, devices=None, mesh=None):
+          max_candidates=MAX_CANDIDATES, progress=None, devices=None, mesh=None,
+          n_agree=DEFAULT_N_AGREE):
     """L1-norm principal components of X: ``argmax ||X Q||_1`` over Q with orthonormal columns.
 
     Parameters
@@ -91,7 +97,8 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
         problems (see :mod:`l1pca.kernels.exact`). ``l2``: SVD. ``fixed-point``: Kwak 2008, greedy.
         ``non-greedy``: Nie et al. 2011.
     n_init : int, default=8
-        L1-BF starts: the L2-PCA sign start, then ``sgn(X g)`` for Gaussian g; the best is kept.
+        L1-BF starts: the L2-PCA sign start, then ``sgn(X g)`` for Gaussian g; the best is kept
+        (fewer run with ``n_agree``).
     backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
         Where L1-BF runs; the other methods run on NumPy.
     random_state : None, int or numpy.random.Generator
@@ -119,6 +126,12 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
         ``jax.Array``. Needs ``method="bitflip"``, backend "auto" or "jax", and N >= D.
     mesh : jax.sharding.Mesh, optional
         A one-axis mesh named ``"samples"`` to shard over, instead of ``devices``.
+    n_agree : int, default=0
+        0: every one of the ``n_init`` starts runs. n > 0: the starts stop once n of them have ended
+        at the best objective so far (:mod:`l1pca.kernels.starts`), the same rule on every backend;
+        faster where starts agree, but it loses answers a later start would have found
+        (``docs/decisions/0012-default-starts.md``). The sharded path (``devices``, ``mesh``) runs
+        every start.
 
     Returns
     -------
@@ -134,7 +147,8 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
     ((2, 1), 6.955)
     """
     opts = SolveOptions(method=method, n_init=n_init, backend=backend, max_flips=max_flips, tol=tol,
-                        warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates)
+                        warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
+                        n_agree=n_agree)
     if devices is not None or mesh is not None:
         return _solve_sharded(X, n_components, opts, random_state=random_state, progress=progress,
                               devices=devices, mesh=mesh)
@@ -144,7 +158,7 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
 
 def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend="auto",
                 random_state=None, max_flips=None, tol=DEFAULT_TOL, warm_start=True, pair_moves=True,
-                max_candidates=MAX_CANDIDATES, progress=None):
+                max_candidates=MAX_CANDIDATES, progress=None, n_agree=DEFAULT_N_AGREE):
     """:func:`solve` for many matrices at once; shapes may differ. One result per matrix, in order.
 
     Equal-bucket matrices (see :func:`bucket_shape`) run as one batched call on JAX; zero padding
@@ -155,7 +169,8 @@ def solve_batch(Xs, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, 
     drawn from in order.
     """
     opts = SolveOptions(method=method, n_init=n_init, backend=backend, max_flips=max_flips, tol=tol,
-                        warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates)
+                        warm_start=warm_start, pair_moves=pair_moves, max_candidates=max_candidates,
+                        n_agree=n_agree)
     Xs = list(Xs)
     return solve_many(Xs, n_components, opts, random_state=random_state,
                       names=[f"Xs[{i}]" for i in range(len(Xs))], progress=progress)
@@ -179,7 +194,8 @@ def _solve_sharded(X, n_components, opts: SolveOptions, *, random_state, progres
         pair_moves=opts.pair_moves)
     _Ticker(progress, total=opts.n_init)(opts.n_init)
     Q = procrustes(M)
-    return _canonical(Q, B, column_l1(Q), "jax", "bitflip", n_flips=flips, converged=conv)
+    return _canonical(Q, B, column_l1(Q), "jax", "bitflip", n_flips=flips, converged=conv,
+                      n_starts=opts.n_init)
 
 
 def _rngs(random_state, count):
@@ -261,7 +277,8 @@ def _solve_scaled(mats, K, opts: SolveOptions, *, random_state, progress):
             Bs = np.stack([outs[j][0] for j in sub])
             Q = procrustes(np.swapaxes(stack, -1, -2) @ Bs)
             done = _canonical_many(Q, Bs, np.abs(stack @ Q).sum(axis=-2), name, "bitflip",
-                                   [dict(n_flips=outs[j][1], converged=outs[j][2]) for j in sub])
+                                   [dict(n_flips=outs[j][1], converged=outs[j][2], n_starts=outs[j][3])
+                                    for j in sub])
             for j, res in zip(sub, done):
                 results[idx[j]] = res
     return results
@@ -322,15 +339,19 @@ def _bitflip_host(X, G, K, opts: SolveOptions, name, tick):
         xp = np
     Xd = xp.asarray(X)
     Y, l2 = search_data(Xd, xp)
-    best, flips = None, 0
+    best, flips, values = None, 0, []
     for B0 in iter_starts(Xd, l2, xp.asarray(G), xp):
         res = host_search(Y, B0, opts, xp)
         flips += res.n_flips
         tick()
         if best is None or res.value > best.value:
             best = res
+        values.append(res.value)
+        if agreed(values, opts.n_agree):  # the starts not run count as done for the progress bar
+            tick(G.shape[0] + 1 - len(values))
+            break
     B = best.signs.get() if name == "cupy" else best.signs
-    return np.asarray(B), flips, best.converged
+    return np.asarray(B), flips, best.converged, len(values)
 
 
 def _bitflip_jax(mats, draws, shape, K, opts: SolveOptions):
@@ -345,9 +366,11 @@ def _bitflip_jax(mats, draws, shape, K, opts: SolveOptions):
         G[j, :, :Xi.shape[1]] = Gi
     cap = opts.max_flips if opts.max_flips is not None \
         else max(default_max_flips(Xi.shape[0], K) for Xi in mats)
-    B, _, flips, conv = solve_bucket(X, G, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
-                                     pair_moves=opts.pair_moves)
-    return [(B[j, :Xi.shape[0]], int(flips[j]), bool(conv[j])) for j, Xi in enumerate(mats)]
+    B, _, flips, conv, kept = solve_bucket(X, G, max_flips=cap, tol=opts.tol,
+                                           warm_start=opts.warm_start, pair_moves=opts.pair_moves,
+                                           n_agree=opts.n_agree)
+    return [(B[j, :Xi.shape[0]], int(flips[j]), bool(conv[j]), int(kept[j]))
+            for j, Xi in enumerate(mats)]
 
 
 def _run_exact(X, K, *, max_candidates):
@@ -378,15 +401,16 @@ def _finish(X, Q, B, backend, method, **info):
     return _canonical(Q, B, np.abs(proj).sum(axis=0), backend, method, **info)
 
 
-def _canonical(Q, B, column_l1, backend, method, *, n_flips=0, n_iter=0, converged=True):
+def _canonical(Q, B, column_l1, backend, method, *, n_flips=0, n_iter=0, converged=True, n_starts=0):
     """The result record from Q, B and ``||X q_k||_1`` per column (computed where X lives)."""
     return _canonical_many(Q[None], B[None], column_l1[None], backend, method,
-                           [dict(n_flips=n_flips, n_iter=n_iter, converged=converged)])[0]
+                           [dict(n_flips=n_flips, n_iter=n_iter, converged=converged,
+                                 n_starts=n_starts)])[0]
 
 
 def _canonical_many(Q, B, column_l1, backend, method, infos):
     """:func:`_canonical` for a stack: Q (m, D, K), B (m, N, K), column_l1 (m, K), and one dict of
-    ``n_flips`` / ``n_iter`` / ``converged`` per problem. One record per problem."""
+    ``n_flips`` / ``n_iter`` / ``converged`` / ``n_starts`` per problem. One record per problem."""
     # Column order and signs are arbitrary for the problem (B's columns may be permuted and negated);
     # fix them so that every backend and every start returns the same answer for the same optimum.
     order = np.argsort(-column_l1, axis=-1, kind="stable")
@@ -399,5 +423,6 @@ def _canonical_many(Q, B, column_l1, backend, method, infos):
                            column_l1.sum(axis=-1))
     return [SolveResult(components=Q[t], signs=signs[t], objective=float(objective[t]),
                         backend=backend, method=method, n_flips=int(info.get("n_flips", 0)),
-                        n_iter=int(info.get("n_iter", 0)), converged=bool(info.get("converged", True)))
+                        n_iter=int(info.get("n_iter", 0)), converged=bool(info.get("converged", True)),
+                        n_starts=int(info.get("n_starts", 0)))
             for t, info in enumerate(infos)]
