@@ -246,7 +246,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
     for X, Xw in zip(mats, work):
         h = support_size(X.shape[0], support_fraction)
         if robust and h < X.shape[0]:
-            supports.append(_smallest(outlyingness(Xw), h))
+            supports.append(_smallest(outlyingness(X), h))
         else:
             supports.append(np.ones(X.shape[0], dtype=bool))
     centers = [center_of(Xw[S], center) for Xw, S in zip(work, supports)]
@@ -280,7 +280,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
             while steps < MAX_CSTEPS:
                 S_new = S
                 if robust:
-                    S_new = _smallest(np.where(eligible, orthogonal_distance(Xw - c, Q), np.inf),
+                    S_new = _smallest(np.where(eligible, orthogonal_distance(X - c, Q), np.inf),
                                       int(S.sum()))
                 if np.array_equal(S_new, S) and not refit:
                     break
@@ -295,7 +295,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
         if robust:
             # Reweighting (ROBPCA's last step): the h-subset holds the rows nearest the fit, which
             # biases it toward itself on clean data; refit on every row within the OD cutoff.
-            od = orthogonal_distance(Xw - c, Q)
+            od = orthogonal_distance(X - c, Q)
             keep = eligible & (od <= _od_cutoff(od[eligible]))
             if keep.sum() > K and not np.array_equal(keep, S):
                 S = keep
