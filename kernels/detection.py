@@ -60,6 +60,9 @@ AUTO_MAX_COMPONENTS = 10
 def robust_scale(A, axis=0):
     """``1.4826 * MAD`` along ``axis``; a zero scale (over half the values equal) falls back to
     ``1.2533 * mean |a - median|`` (the same estimate for Gaussian data), then to 1."""
+    if A.ndim == 2 and axis == 0:
+        A = np.ascontiguousarray(A.T)  # each column's values contiguous: the partitions run 3-5x faster
+        axis = 1
     med = np.median(A, axis=axis, keepdims=True)
     dev = np.abs(A - med)
     s = MAD_SCALE * np.median(dev, axis=axis)
@@ -69,7 +72,7 @@ def robust_scale(A, axis=0):
 
 def column_location_scale(X):
     """Each feature's median and robust scale: what the cell screen compares raw values with."""
-    return np.median(X, axis=0), robust_scale(X, axis=0)
+    return np.median(np.ascontiguousarray(X.T), axis=1), robust_scale(X, axis=0)
 
 
 def clip_cells(X, location, scale):
@@ -163,30 +166,50 @@ OUTLYINGNESS_DIRECTIONS = 250
 """Directions of the Stahel-Donoho outlyingness that picks the first support (ROBPCA's 250)."""
 
 
+OUTLYINGNESS_SAMPLE = 4096
+"""Rows a direction's median and MAD are taken from (all rows up to this many)."""
+
+OUTLYINGNESS_CHUNK = 4096
+
+
 def outlyingness(X):
     """Stahel-Donoho outlyingness of each row (n,): the largest ``|x v - med| / MAD`` over
     :data:`OUTLYINGNESS_DIRECTIONS` directions ``v``, each through two rows, as ROBPCA's first step.
     A cluster of outliers, which the normalised rows of spherical PCA would follow, lies far from
     the median along the directions that separate it. The pairs come from a fixed generator, so a
     matrix always gets the same support."""
-    n = X.shape[0]
+    n, d = X.shape
     if n < 2:
         return np.zeros(n)
-    pairs = np.random.default_rng(0).integers(0, n, size=(OUTLYINGNESS_DIRECTIONS, 2))
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    V = (X[pairs[:, 0]] - X[pairs[:, 1]]).T  # (d, m)
-    norms = np.sqrt((V * V).sum(axis=0))
-    V = V[:, norms > 0] / norms[norms > 0]
+    rng = np.random.default_rng(0)
+    if d == 1:
+        V = np.ones((1, 1))  # one direction only
+    else:
+        pairs = rng.integers(0, n, size=(OUTLYINGNESS_DIRECTIONS, 2))
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        V = (X[pairs[:, 0]] - X[pairs[:, 1]]).T  # (d, m)
+        norms = np.sqrt((V * V).sum(axis=0))
+        V = V[:, norms > 0] / norms[norms > 0]
     if V.shape[1] == 0:
         return np.zeros(n)
-    P = V.T @ X.T  # (m, n): each direction's projections contiguous, for the medians' partitions
-    med = np.median(P, axis=1, keepdims=True)
-    dev = np.abs(P - med)
-    mad = np.median(dev, axis=1)
+    # Each direction's median and MAD from at most OUTLYINGNESS_SAMPLE rows: the medians of a
+    # million projections per direction would cost more than the fit they start.
+    sub = X if n <= OUTLYINGNESS_SAMPLE else X[np.sort(rng.choice(n, OUTLYINGNESS_SAMPLE, replace=False))]
+    P = V.T @ sub.T  # (m, rows): each direction's projections contiguous, for the partitions
+    med = np.median(P, axis=1)
+    mad = np.median(np.abs(P - med[:, None]), axis=1)
     ok = mad > 0
     if not ok.any():
         return np.zeros(n)
-    return (dev[ok] / mad[ok, None]).max(axis=0)
+    V, med, inv = V[:, ok], med[ok], 1.0 / mad[ok]
+    out = np.empty(n)
+    for a in range(0, n, OUTLYINGNESS_CHUNK):  # row blocks: no n x 250 temporaries
+        block = X[a:a + OUTLYINGNESS_CHUNK] @ V
+        block -= med
+        np.abs(block, out=block)
+        block *= inv
+        out[a:a + OUTLYINGNESS_CHUNK] = block.max(axis=1)
+    return out
 
 
 def choose_n_components(X, center="median", *, cell_robust=True):
@@ -243,7 +266,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
             cells.append((None, None))
             work.append(X)
     supports = []
-    for X, Xw in zip(mats, work):
+    for X in mats:
         h = support_size(X.shape[0], support_fraction)
         if robust and h < X.shape[0]:
             supports.append(_smallest(outlyingness(X), h))
