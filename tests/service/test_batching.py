@@ -133,6 +133,7 @@ def test_an_idle_solver_takes_a_partial_batch_at_once_and_a_busy_one_lets_it_fil
     rng = np.random.default_rng(5)
     big = rng.standard_normal((30000, 30))  # a solve of about half a second, another shape bucket
     big[:600] *= 20.0
+    plain = dict(support_fraction=None, cell_robust=False)  # the batcher's test, not the detector's
     small = [(_data(i), 1, i) for i in range(10)]
     with ServerThread(max_batch_size=16, max_delay_ms=5000, split_batches=split) as srv:
         with Client(srv.target, timeout_s=30) as client:
@@ -142,10 +143,10 @@ def test_an_idle_solver_takes_a_partial_batch_at_once_and_a_busy_one_lets_it_fil
 
         async def load():
             async with AsyncClient(srv.target, timeout_s=60) as client:
-                slow = asyncio.ensure_future(client.fit(big, 1, seed=0))
+                slow = asyncio.ensure_future(client.fit(big, 1, seed=0, **plain))
                 while value(srv.metrics(), "l1pca_batch_size_count") < 2:  # the big one computes
                     await asyncio.sleep(0.005)
-                fast = await asyncio.gather(*(client.fit(X, K, seed=s) for X, K, s in small))
+                fast = await asyncio.gather(*(client.fit(X, K, seed=s, **plain) for X, K, s in small))
                 return await slow, fast
 
         t0 = time.perf_counter()
