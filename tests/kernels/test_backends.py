@@ -48,7 +48,8 @@ def test_auto_uses_jax_once_the_bucket_is_compiled(monkeypatch):
 def test_auto_on_cpu_runs_batches_on_the_compiled_host_loop(monkeypatch):
     monkeypatch.setenv(backends.FORCE_CPU_ENV, "1")
     assert backends.resolve("auto", "bitflip", 4096, compiled=True, n_components=2) == "numpy"
-    assert backends.compiled_loop(wait=True) is not None
+    backends.warm_compiled_loop(background=False)
+    assert backends.compiled_loop(wait=False) is not None
 
 
 @pytest.mark.skipif(HAS_CUPY, reason="CuPy with a GPU is present; the refusal only applies without one")
