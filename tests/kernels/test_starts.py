@@ -122,3 +122,42 @@ def test_screened_bounded_selection_takes_the_reference_steps(K):
         np.testing.assert_array_equal(fast.signs, full.signs)
         assert (fast.n_flips, fast.converged) == (full.n_flips, full.converged)
         assert full.n_flips > 20
+
+
+@pytest.mark.parametrize("K", [3, 5])
+def test_rank_deficient_selection_is_the_full_one(K):
+    """While Y B is rank-deficient (the L2 start copies one column K times) the screened search
+    picks its flip by a concavity bound at shifted Grams (select_flip_rank_deficient): the same bit
+    and best gain as evaluating every bit, with and without bits excluded for the round, and ties
+    broken alike (duplicated rows)."""
+    from l1pca.kernels.bitflip_screened import select_flip_rank_deficient
+    from l1pca.kernels.flip_rule import candidate_gains, gram_nuclear, inv_sqrt_gram, select_flip
+
+    rng = np.random.default_rng(40 + K)
+    N, D = 600, 12
+    X = rng.standard_normal((N, D)) * np.linspace(3.0, 1.0, D)
+    X[: N // 20] += 15.0 * rng.standard_normal((N // 20, D))
+    X[N // 2:N // 2 + 5] = X[N // 2 - 5:N // 2]  # equal rows: tied gains
+    Y, l2 = search_data(X)
+    Yt = np.ascontiguousarray(Y.T)
+    g = (Yt * Yt).sum(axis=1)
+    B = np.repeat(l2[:, None], K, axis=1)
+    flipped = np.zeros((N, K), dtype=bool)
+    checked = 0
+    for step in range(3 * K):
+        A = Y @ B
+        C, P = A.T @ A, Yt @ A
+        if bool(inv_sqrt_gram(C)[1]):
+            break
+        cur = float(gram_nuclear(C))
+        if step % 2:
+            flipped[rng.integers(0, N, 50), rng.integers(0, K, 50)] = True
+        ref = select_flip(np.where(flipped, -np.inf, candidate_gains(B, P, C, g)), cur)
+        got = select_flip_rank_deficient(B, P, C, g, flipped, cur, 1e-9)
+        assert got[0] == int(ref[0])
+        assert got[1] == pytest.approx(float(ref[1]), rel=1e-12)
+        n, k = divmod(got[0], K)
+        B[n, k] = -B[n, k]
+        flipped[n, k] = True
+        checked += 1
+    assert checked >= K - 1  # every rank-deficient step of the L2 start was checked
