@@ -233,11 +233,40 @@ def _bit_gain(B, P, C, g, n, k, cur, M):
 
 @njit(cache=True)
 def _all_gains(B, P, C, g, cur, flipped, gains, M):
-    """Every bit's gain into the flat ``gains`` (n K + k), ``-inf`` for bits flipped this round."""
+    """Every bit's gain into the flat ``gains`` (n K + k), ``-inf`` for bits flipped this round.
+    K <= 2 written out here: a call per bit that passes arrays costs more than the gain itself
+    (Numba counts references on each array argument)."""
     N, K = B.shape
-    for n in range(N):
-        for k in range(K):
-            gains[n * K + k] = -np.inf if flipped[n, k] else _bit_gain(B, P, C, g, n, k, cur, M)
+    if K == 1:
+        c00 = C[0, 0]
+        for n in range(N):
+            if flipped[n, 0]:
+                gains[n] = -np.inf
+                continue
+            dsq = 4.0 * (g[n] - B[n, 0] * P[n, 0])
+            v = c00 + dsq
+            new = np.sqrt(v) if v > 0.0 else 0.0
+            denom = new + cur
+            gains[n] = dsq / denom if denom > 0.0 else 0.0
+    elif K == 2:
+        c00, c11, c01 = C[0, 0], C[1, 1], C[0, 1]
+        for n in range(N):
+            four_g = 4.0 * g[n]
+            for k in range(2):
+                if flipped[n, k]:
+                    gains[2 * n + k] = -np.inf
+                    continue
+                s = -2.0 * B[n, k]
+                if k == 0:
+                    kk = c00 + 2.0 * s * P[n, 0] + four_g
+                    gains[2 * n] = _nuclear2(kk, c11, c01 + s * P[n, 1]) - cur
+                else:
+                    kk = c11 + 2.0 * s * P[n, 1] + four_g
+                    gains[2 * n + 1] = _nuclear2(kk, c00, c01 + s * P[n, 0]) - cur
+    else:
+        for n in range(N):
+            for k in range(K):
+                gains[n * K + k] = -np.inf if flipped[n, k] else _bit_gain(B, P, C, g, n, k, cur, M)
 
 
 @njit(cache=True)
@@ -367,8 +396,8 @@ def _ranked_gains(B, P, C, g, cur, R, unique, Z, ub, gains, valid, flipped, M):
 
 
 @njit(cache=True)
-def _pair_entry(C, a, b, ownt, ownu, cross_coef, Et_a, Eu_b, Eu_a, Et_b):
-    return C[a, b] + ownt + ownu + cross_coef * (Et_a * Eu_b + Eu_a * Et_b)
+def _pair_entry(c_ab, ownt, ownu, cross_coef, Et_a, Eu_b, Eu_a, Et_b):
+    return c_ab + ownt + ownu + cross_coef * (Et_a * Eu_b + Eu_a * Et_b)
 
 
 @njit(cache=True)
@@ -418,7 +447,7 @@ def _best_pair(Yt, B, P, C, g, cur, gains, valid, M):
                 for b in range(K):
                     Etb = 1.0 if b == kk[t] else 0.0
                     Eub = 1.0 if b == kk[u] else 0.0
-                    M[a, b] = _pair_entry(C, a, b, own[t, a, b], own[u, a, b], ssG, Eta, Eub, Eua, Etb)
+                    M[a, b] = _pair_entry(C[a, b], own[t, a, b], own[u, a, b], ssG, Eta, Eub, Eua, Etb)
             if K == 1:
                 new = np.sqrt(M[0, 0]) if M[0, 0] > 0.0 else 0.0
             elif K == 2:
