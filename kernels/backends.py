@@ -21,9 +21,9 @@ imports with no CuPy and no GPU.
   11 s).
 
 The host path's search (:func:`l1pca.kernels.solve.host_search`) is the compiled loop of
-:mod:`l1pca.kernels.bitflip_numba` for ``backend="auto"`` wherever Numba imports, below
-:data:`l1pca.kernels.bitflip_screened.SCREEN_MIN_SAMPLES` samples (the screened NumPy search is
-faster above): same steps and signs as the NumPy reference, 30-60x faster on small problems
+:mod:`l1pca.kernels.bitflip_numba` for ``backend="auto"`` wherever Numba is installed, below
+:data:`COMPILED_MAX_SAMPLES` samples (the screened NumPy search is faster above): same steps and
+signs as the NumPy reference, 5-40x faster (the most on small problems)
 (``docs/decisions/0011-compiled-search-loop.md``). ``backend="numpy"`` stays the reference. With
 the compiled loop, a batch of small K <= 2 problems on the CPU runs faster on the host than as one
 batched JAX call, so ``"auto"`` no longer sends CPU batches to JAX when the loop is usable.
@@ -43,6 +43,12 @@ JAX_MIN_BATCH = 16
 
 JAX_CPU_MAX_COMPONENTS = 2
 """Largest K that ``backend="auto"`` runs on JAX on the CPU."""
+
+COMPILED_MAX_SAMPLES = 16384
+"""``backend="auto"`` runs the compiled loop (:mod:`l1pca.kernels.bitflip_numba`) below this many
+samples; the screened NumPy search above (per start on planted data of 30 features: 9.6 against
+37.8 ms at 8192 samples, K = 2; 32 against 73 at 16384; 105 against 88 at 32768;
+``docs/decisions/0011-compiled-search-loop.md``)."""
 
 FORCE_CPU_ENV = "L1PCA_FORCE_CPU"
 """Set to 1 to ignore any GPU (the service's CPU fallback and tests use it)."""
@@ -338,10 +344,10 @@ def host_backend() -> str:
 
 
 def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = False,
-            n_components: int = 1) -> str:
+            n_components: int = 1, n_samples: int | None = None) -> str:
     """The backend that will run ``method`` for a bucket of ``batch_size`` equal-shaped problems
-    with K = ``n_components``; ``compiled`` says whether JAX already holds the compiled program for
-    that bucket."""
+    with K = ``n_components`` and ``n_samples`` rows (None: small); ``compiled`` says whether JAX
+    already holds the compiled program for that bucket."""
     if method != "bitflip":
         if backend not in ("auto", "numpy"):
             raise InputError(
@@ -358,6 +364,9 @@ def resolve(backend: str, method: str, batch_size: int = 1, compiled: bool = Fal
         if batch_size > 1 and "jax" in gpus:
             return "jax"
         return "cupy" if "cupy" in gpus else "jax"
-    if n_components > JAX_CPU_MAX_COMPONENTS or numba_usable():
-        return "numpy"  # the host path: the compiled loop when Numba is there
+    if n_components > JAX_CPU_MAX_COMPONENTS:
+        return "numpy"
+    if numba_usable() and (n_samples is None or n_samples < COMPILED_MAX_SAMPLES):
+        return "numpy"  # the host path, where the compiled loop runs each problem
+
     return "jax" if compiled or batch_size >= JAX_MIN_BATCH else "numpy"

@@ -309,24 +309,25 @@ class _Ticker:
 
 
 def host_search(Y, B0, opts: SolveOptions, xp=np):
-    """One start of L1-BF on NumPy or CuPy: the screened search
-    (:mod:`l1pca.kernels.bitflip_screened`) on NumPy from :data:`SCREEN_MIN_SAMPLES` samples, where a
-    step's full pass over the data is the whole cost; below that, for ``backend="auto"``, the
-    compiled loop (:mod:`l1pca.kernels.bitflip_numba`) where Numba is present and its code loaded
-    (``opts.compile="background"`` does not wait for it: :func:`backends.compiled_loop`); else the
-    reference search (``backend="numpy"`` always). All take the same steps
-    (``tests/kernels/test_bitflip.py``, ``tests/kernels/test_bitflip_numba.py``); the choice is
+    """One start of L1-BF on NumPy or CuPy. For ``backend="auto"`` on NumPy below
+    :data:`backends.COMPILED_MAX_SAMPLES` samples: the compiled loop
+    (:mod:`l1pca.kernels.bitflip_numba`) where Numba is present and its code loaded
+    (:func:`backends.compiled_loop`; ``opts.compile="background"`` never waits for it). Else on
+    NumPy from :data:`SCREEN_MIN_SAMPLES` samples the screened search
+    (:mod:`l1pca.kernels.bitflip_screened`), where a step's full pass over the data is the whole
+    cost; else the reference search (``backend="numpy"`` below that size always). All take the same
+    steps (``tests/kernels/test_bitflip.py``, ``tests/kernels/test_bitflip_numba.py``); the choice is
     measured in ``docs/decisions/0011-compiled-search-loop.md``."""
     N, K = B0.shape
     cap = opts.max_flips if opts.max_flips is not None else default_max_flips(N, K)
-    if xp is np and N >= SCREEN_MIN_SAMPLES:
-        return search_screened(Y, B0, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
-                               pair_moves=opts.pair_moves)
-    if xp is np and opts.backend == "auto":
+    if xp is np and opts.backend == "auto" and N < backends.COMPILED_MAX_SAMPLES:
         compiled_search = backends.compiled_loop(wait=opts.compile != "background")
         if compiled_search is not None:
             return compiled_search(Y, B0, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
                                    pair_moves=opts.pair_moves)
+    if xp is np and N >= SCREEN_MIN_SAMPLES:
+        return search_screened(Y, B0, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
+                               pair_moves=opts.pair_moves)
     return bitflip_search(Y, B0, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,
                           pair_moves=opts.pair_moves, xp=xp)
 

@@ -48,6 +48,11 @@ def test_auto_uses_jax_once_the_bucket_is_compiled(monkeypatch):
 def test_auto_on_cpu_runs_batches_on_the_compiled_host_loop(monkeypatch):
     monkeypatch.setenv(backends.FORCE_CPU_ENV, "1")
     assert backends.resolve("auto", "bitflip", 4096, compiled=True, n_components=2) == "numpy"
+    assert backends.resolve("auto", "bitflip", 4096, compiled=True, n_components=2,
+                            n_samples=64) == "numpy"
+    # Large problems: the compiled loop is slower than the screened search there; JAX as before.
+    assert backends.resolve("auto", "bitflip", 16, compiled=True, n_components=2,
+                            n_samples=backends.COMPILED_MAX_SAMPLES) == "jax"
     backends.warm_compiled_loop(background=False)
     assert backends.compiled_loop(wait=False) is not None
 
