@@ -42,6 +42,10 @@ cutoff, Rousseeuw & Van den Bossche 2018); 1% of the cells of clean Gaussian dat
 MAX_CSTEPS = 10
 """Cap on the C-steps of the robust fit (each one an L1-BF search warm-started from the last)."""
 
+RESIDUAL_SCALE_FLOOR = 0.5
+"""Residual scales are at least this share of their median over the features (see
+:func:`fit_residual_scale`; ``docs/decisions/0013-robust-detection.md``)."""
+
 SUBSPACE_TOL = 1e-2
 """C-steps also stop when a step moves the subspace less than this (sine of the largest principal
 angle, about half a degree): near the support's edge, rows within the noise of each other swap in
@@ -140,7 +144,10 @@ def fit_residual_scale(X, center, Q, *, cell_center=None, cell_scale=None):
     Xc = X - center
     flags = None if cell_center is None else np.abs(X - cell_center) > CELL_CUTOFF * cell_scale
     R = Xc - project_on_cells(Xc, Q, flags) @ Q.T
-    return robust_scale(R, axis=0)
+    scale = robust_scale(R, axis=0)
+    # A feature the subspace predicts almost exactly has a tiny residual scale, and any residual a
+    # fault elsewhere leaks onto it would get a huge z and the blame: floor the scales.
+    return np.maximum(scale, RESIDUAL_SCALE_FLOOR * np.median(scale))
 
 
 def orthogonal_distance(Xc, Q):
