@@ -56,9 +56,9 @@ def test_command_line_example_runs_as_written(tmp_path):
                        timeout=300, check=True)
     assert (tmp_path / "out" / "model.npz").exists()
     header = (tmp_path / "scores" / "sample_scores.csv").read_text().splitlines()[0]
-    assert header == "index,score,outlier,worst_feature"
+    assert header == "row,outlier_score,sd,od,group,outlier,worst_feature,worst_z"
     flagged = (tmp_path / "scores5" / "sample_scores.csv").read_text().splitlines()[1:]
-    assert sum(row.split(",")[2] == "1" for row in flagged) == 10  # the top 5% of 200 rows
+    assert sum(row.split(",")[5] == "1" for row in flagged) == 10  # the top 5% of 200 rows
 
 
 @pytest.mark.slow
