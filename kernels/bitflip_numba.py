@@ -20,9 +20,12 @@ so they tie exactly. ``tests/kernels/test_bitflip_numba.py`` checks signs, flip 
 converged flag against the reference over the optimality benchmark's grid.
 
 For K >= 3 the step selects with the reference's concavity bound (``select_flip_bounded``: only bits
-whose bound reaches the tolerance get an eigenvalue problem), and the pair check ranks its
+whose bound reaches the tolerance get an eigenvalue problem), while Y B is rank-deficient with the
+screened search's bound at shifted Grams (``bitflip_screened.select_flip_rank_deficient``; the
+reference evaluates every bit there, which makes the same choice), and the pair check ranks its
 candidates the same way (the 16 best exact gains, found among the bits whose bound reaches the 16th;
 the reference evaluates every bit there, which picks the same 16 since no gain exceeds its bound).
+The K x K eigenvalues come from Jacobi rotations (:func:`_jacobi_diagonalise`), not LAPACK.
 """
 from __future__ import annotations
 
@@ -302,8 +305,7 @@ def _select_bounded(B, P, C, g, flipped, cur, tol, R, unique, Z, ub, exact, done
     N, K = B.shape
     NK = N * K
     if not unique:
-        _all_gains(B, P, C, g, cur, flipped, exact, M)
-        return _select(exact, cur)
+        return _select_rank_deficient(B, P, C, g, flipped, cur, tol, ub, exact, done, M)
     _bounds(B, Z, g, R, flipped, TIE_RTOL * cur, ub)
     top, arg = -np.inf, 0
     for i in range(NK):
@@ -315,6 +317,96 @@ def _select_bounded(B, P, C, g, flipped, cur, tol, R, unique, Z, ub, exact, done
         done[i] = ub[i] > tol * cur
         if done[i]:
             exact[i] = _bit_gain(B, P, C, g, i // K, i % K, cur, M)
+    return _grow_and_pick(B, P, C, g, cur, ub, exact, done, M)
+
+
+_REG_EPS = np.logspace(-16.0, 0.0, 9)
+"""The shifts (times the largest eigenvalue of C) of :func:`_shifted_bounds`: those of
+``bitflip_screened.REGULARISED_EPS``."""
+
+
+@njit(cache=True)
+def _shifted_bounds(B, P, C, g, flipped, cur, ub):
+    """Every bit's concavity bound while Y B is rank-deficient (no ``C^(-1/2)``), for K >= 3: the
+    least over the shifted Grams ``C + eps I`` of ``c(eps) + tr(R D) / 2`` with
+    ``R = (C + eps I)^(-1/2)`` (``bitflip_screened.select_flip_rank_deficient``), plus the tie band;
+    ``-inf`` for flipped bits. Returns False when C is zero (no bound)."""
+    N, K = B.shape
+    lam, V = np.linalg.eigh(C)
+    for i in range(K):
+        lam[i] = max(lam[i], 0.0)
+    top = lam[K - 1]
+    if not top > 0.0:
+        return False
+    for i in range(N * K):
+        ub[i] = np.inf
+    R = np.empty((K, K))
+    root = np.empty(K)
+    z = np.empty(K)
+    for e in range(_REG_EPS.shape[0]):
+        eps = top * _REG_EPS[e]
+        shift = 0.0
+        for i in range(K):
+            root[i] = np.sqrt(lam[i] + eps)
+            shift += root[i] - np.sqrt(lam[i]) - eps / (2.0 * root[i])
+        for a in range(K):
+            for b in range(K):
+                acc = 0.0
+                for c in range(K):
+                    acc += V[a, c] / root[c] * V[b, c]
+                R[a, b] = acc
+        for n in range(N):
+            for k in range(K):
+                acc = 0.0
+                for j in range(K):
+                    acc += P[n, j] * R[j, k]
+                z[k] = acc
+            for k in range(K):
+                cross = -2.0 * B[n, k] * z[k]
+                own = 2.0 * g[n] * R[k, k]
+                # Rounding: a relative 1e-12 of the terms (their own error is about 1e-16 of them).
+                bound = cross + own + shift + 1e-12 * (abs(cross) + own + abs(shift))
+                if bound < ub[n * K + k]:
+                    ub[n * K + k] = bound
+    slack = TIE_RTOL * cur
+    for n in range(N):
+        for k in range(K):
+            ub[n * K + k] = -np.inf if flipped[n, k] else ub[n * K + k] + slack
+    return True
+
+
+@njit(cache=True)
+def _select_rank_deficient(B, P, C, g, flipped, cur, tol, ub, exact, done, M):
+    """``select_flip`` over every allowed bit while Y B is rank-deficient, for K >= 3, with exact
+    gains only for the bits whose shifted bound (:func:`_shifted_bounds`) reaches the best exact gain
+    found (``bitflip_screened.select_flip_rank_deficient``): the choice of the full evaluation."""
+    N, K = B.shape
+    NK = N * K
+    if not _shifted_bounds(B, P, C, g, flipped, cur, ub):
+        _all_gains(B, P, C, g, cur, flipped, exact, M)
+        return _select(exact, cur)
+    j0, top = 0, -np.inf
+    for i in range(NK):
+        if ub[i] > top:
+            j0, top = i, ub[i]
+    if not top > -np.inf:
+        return j0, -np.inf
+    g0 = _bit_gain(B, P, C, g, j0 // K, j0 % K, cur, M)
+    slack = TIE_RTOL * cur
+    thr = max(g0, tol * cur) - slack
+    for i in range(NK):
+        done[i] = ub[i] >= thr or i == j0
+        if done[i]:
+            exact[i] = g0 if i == j0 else _bit_gain(B, P, C, g, i // K, i % K, cur, M)
+    return _grow_and_pick(B, P, C, g, cur, ub, exact, done, M)
+
+
+@njit(cache=True)
+def _grow_and_pick(B, P, C, g, cur, ub, exact, done, M):
+    """The end of the bounded selections: add every bit whose bound reaches the tie band of the
+    best exact gain until none is left out, then the first bit in the band, and the best gain."""
+    N, K = B.shape
+    NK = N * K
     while True:
         best = -np.inf
         for i in range(NK):
@@ -363,14 +455,16 @@ def _top_candidates(gains, valid, T):
 def _ranked_gains(B, P, C, g, cur, R, unique, Z, ub, gains, valid, flipped, M):
     """The gains the pair check ranks, for K >= 3: exact for every bit that can be among the
     :data:`PAIR_CANDIDATES` best (a bound at least the 16th best exact gain), -inf for the others,
-    which cannot be (their gain is below their bound). Falls back to every bit while Y B is
-    rank-deficient."""
+    which cannot be (their gain is below their bound). While Y B is rank-deficient the bound is the
+    shifted one (:func:`_shifted_bounds`)."""
     N, K = B.shape
     NK = N * K
     if not unique:
-        _all_gains(B, P, C, g, cur, flipped, gains, M)
-        return
-    _bounds(B, Z, g, R, flipped, TIE_RTOL * cur, ub)
+        if not _shifted_bounds(B, P, C, g, flipped, cur, ub):
+            _all_gains(B, P, C, g, cur, flipped, gains, M)
+            return
+    else:
+        _bounds(B, Z, g, R, flipped, TIE_RTOL * cur, ub)
     order = np.argsort(-ub, kind="mergesort")
     for i in range(NK):
         gains[i] = -np.inf
