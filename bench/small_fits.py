@@ -1,12 +1,13 @@
 """Small fits side by side with scikit-learn's PCA: the targets of issue 29's compiled search loop.
 
-Rows (one BLAS thread for everything, medians of repeated runs):
+Rows (one BLAS thread for everything; each row's functions timed in rounds, one call of each per
+round in a rotating order, medians):
 
 * a lone 64 x 16, K = 2 default fit, ``solve(X, 2, random_state=0)``, against ``PCA(2).fit(X)``
   (target: within 5x), with the NumPy reference (``backend="numpy"``) beside it;
 * a batch of ``--batch`` such fits: the host path (``backend="auto"``: the compiled loop per fit)
   against today's batched JAX call (``solve_batch(..., backend="jax")`` after its compile), per fit
-  (target: at least as fast);
+  (target: at least as fast), three rounds of each;
 * 569 x 30, K = 3 (``load_breast_cancer``) default fit against ``PCA(3).fit`` (target: within
   10x), on the raw data (what ``solve`` gets) and median-centred (what ``L1PCA`` fits).
 
@@ -32,46 +33,50 @@ from sklearn.decomposition import PCA  # noqa: E402
 from l1pca.kernels import backends, solve, solve_batch  # noqa: E402
 
 
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+def side_by_side(fns, repeats):
+    """Median milliseconds of each function, timed in rounds: one call of each per round, in an
+    order that rotates, so that load from other processes falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm: caches, compiled code
+    times = [[] for _ in fns]
+    for r in range(repeats):
+        order = list(range(len(fns)))
+        order = order[r % len(fns):] + order[:r % len(fns)]
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
+    return [1e3 * float(np.median(t)) for t in times]
 
 
 def run(batch, repeats, gpu):
     rows = []
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 16))
-    pca = median_ms(lambda: PCA(2).fit(X), repeats)
-    auto = median_ms(lambda: solve(X, 2, random_state=0), repeats)
-    ref = median_ms(lambda: solve(X, 2, random_state=0, backend="numpy"), max(3, repeats // 10))
-    rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, "solve (auto: compiled loop)", auto, 5.0))
-    rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, "solve (backend='numpy')", ref, None))
+    fns = [lambda: PCA(2).fit(X), lambda: solve(X, 2, random_state=0)]
+    names = ["solve (auto: compiled loop)"]
     if gpu and backends.cupy_usable():
-        cp = median_ms(lambda: solve(X, 2, random_state=0, backend="cupy"), repeats)
-        rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, "solve (backend='cupy')", cp, None))
+        fns.append(lambda: solve(X, 2, random_state=0, backend="cupy"))
+        names.append("solve (backend='cupy')")
+    pca, *ours = side_by_side(fns, repeats)
+    for name, ms in zip(names, ours):
+        rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, name, ms, 5.0 if "auto" in name else None))
+    pca, ref = side_by_side([lambda: PCA(2).fit(X), lambda: solve(X, 2, random_state=0, backend="numpy")],
+                            max(3, repeats // 5))
+    rows.append(("lone 64 x 16, K=2", "PCA(2).fit", pca, "solve (backend='numpy')", ref, None))
 
     Xs = [rng.standard_normal((64, 16)) for _ in range(batch)]
-    solve_batch(Xs[:2], 2, random_state=0)  # load the compiled loop
-    t0 = time.perf_counter()
-    solve_batch(Xs, 2, random_state=0)
-    host = 1e3 * (time.perf_counter() - t0) / batch
-    solve_batch(Xs, 2, random_state=0, backend="jax")  # compile (not timed)
-    t0 = time.perf_counter()
-    solve_batch(Xs, 2, random_state=0, backend="jax")
-    jax = 1e3 * (time.perf_counter() - t0) / batch
     where = "GPU" if backends.jax_gpu_usable() and not backends._force_cpu() else "CPU"
-    rows.append((f"batch of {batch} 64 x 16, K=2 (per fit)", f"solve_batch(backend='jax', {where})", jax,
-                 "solve_batch (auto: compiled loop)", host, 1.0))
+    # Rounds of the whole batch on each path (the JAX program compiles in the warm-up call).
+    jax, host = side_by_side([lambda: solve_batch(Xs, 2, random_state=0, backend="jax"),
+                              lambda: solve_batch(Xs, 2, random_state=0)], 3)
+    rows.append((f"batch of {batch} 64 x 16, K=2 (per fit)", f"solve_batch(backend='jax', {where})",
+                 jax / batch, "solve_batch (auto: compiled loop)", host / batch, 1.0))
 
     data = load_breast_cancer().data
     for name, Xb in (("raw", data), ("median-centred", data - np.median(data, axis=0))):
-        pca3 = median_ms(lambda Xb=Xb: PCA(3).fit(Xb), repeats)
-        fit = median_ms(lambda Xb=Xb: solve(Xb, 3, random_state=0), max(3, repeats // 4))
+        pca3, fit = side_by_side([lambda Xb=Xb: PCA(3).fit(Xb), lambda Xb=Xb: solve(Xb, 3, random_state=0)],
+                                 max(3, repeats // 2))
         rows.append((f"569 x 30, K=3 ({name})", "PCA(3).fit", pca3, "solve (auto)", fit, 10.0))
     return rows
 
