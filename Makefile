@@ -80,6 +80,13 @@ clean:
 bench-paper: $(STAMP)
 	$(PY) bench/paper/run_all.py $(PAPER_ARGS)
 
+# Faulty-measurement detection beside ROBPCA and PcaGrid (R's rrcov, when Rscript is installed:
+# apt-get install r-base-core r-cran-rrcov), robpy's DDC (its own venv, bench/.venv-robpy) and
+# scikit-learn's and PyOD's detectors; about 3 minutes; bench/results/detection.md.
+.PHONY: bench-detection
+bench-detection: $(STAMP)
+	$(PY) bench/detection.py
+
 # prometheus, promtool and kustomize for the deploy and monitoring tests, into deploy/.tools/bin
 # (git-ignored), from Debian's and npm's registries; a no-op once there (deploy/tools/install-tools.sh).
 .PHONY: deploy-tools
