@@ -61,7 +61,7 @@ def _nuclear2(a, b, c):
     return np.sqrt(v) if v > 0.0 else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _jacobi_diagonalise(a):
     """Cyclic Jacobi rotations on the symmetric matrix ``a`` (overwritten) until it is diagonal,
     then its diagonal sorted increasing: the eigenvalues.
@@ -120,7 +120,7 @@ def _jacobi_diagonalise(a):
         a[j + 1, j + 1] = v
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _nuclear_eig(M):
     """``gram_nuclear`` for K >= 3 of the scratch matrix M (overwritten): eigenvalues below
     EIG_FLOOR of their absolute sum are zero."""
@@ -208,7 +208,7 @@ def _small_matmul(P, R, Z):
 # ---------------------------------------------------------------------------------------------
 # Gains (flip_rule.candidate_gains / bit_gains / pair_gains), one bit or one pair at a time.
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _bit_gain(B, P, C, g, n, k, cur, M):
     """The gain of flipping bit (n, k) alone. M: a K x K scratch matrix."""
     K = C.shape[0]
