@@ -50,6 +50,9 @@ samples; the screened NumPy search above (per start on planted data of 30 featur
 37.8 ms at 8192 samples, K = 2; 32 against 73 at 16384; 105 against 88 at 32768;
 ``docs/decisions/0011-compiled-search-loop.md``)."""
 
+COMPILED_LOOP_ENV = "L1PCA_COMPILED_LOOP"
+"""Set to 0 to leave the compiled loop unused (the NumPy reference and JAX serve as without Numba)."""
+
 FORCE_CPU_ENV = "L1PCA_FORCE_CPU"
 """Set to 1 to ignore any GPU (the service's CPU fallback and tests use it)."""
 
@@ -239,10 +242,17 @@ def device_description() -> str:
     return "cpu"
 
 
-@functools.cache
 def numba_usable() -> bool:
-    """Numba is installed (the compiled host search, :mod:`l1pca.kernels.bitflip_numba`). Found
-    without importing it: the import takes about a second, which a request must not wait for."""
+    """Numba is installed (the compiled host search, :mod:`l1pca.kernels.bitflip_numba`) and not
+    switched off (:data:`COMPILED_LOOP_ENV`). Found without importing it: the import takes about a
+    second, which a request must not wait for."""
+    if os.environ.get(COMPILED_LOOP_ENV, "").strip().lower() in ("0", "false", "no"):
+        return False
+    return _numba_installed()
+
+
+@functools.cache
+def _numba_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("numba") is not None
@@ -265,12 +275,12 @@ def compiled_loop(wait: bool = True):
     (``compile="background"``, the service) never loads either: the service's warm-up, or the first
     call, starts :func:`warm_compiled_loop`.
     """
+    if not numba_usable() or _LOOP_STATE["error"] is not None:
+        return None
     if _LOOP_STATE["ready"]:
         from .bitflip_numba import bitflip_search_numba
 
         return bitflip_search_numba
-    if not numba_usable() or _LOOP_STATE["error"] is not None:
-        return None
     if wait and _cache_is_warm():
         _load_loop()
         return compiled_loop(wait=False) if _LOOP_STATE["ready"] else None

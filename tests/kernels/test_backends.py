@@ -55,6 +55,11 @@ def test_auto_on_cpu_runs_batches_on_the_compiled_host_loop(monkeypatch):
                             n_samples=backends.COMPILED_MAX_SAMPLES) == "jax"
     backends.warm_compiled_loop(background=False)
     assert backends.compiled_loop(wait=False) is not None
+    monkeypatch.setenv(backends.COMPILED_LOOP_ENV, "0")  # switched off: JAX for compiled batches
+    assert backends.resolve("auto", "bitflip", 4096, compiled=True, n_components=2) == "jax"
+    res = solve(np.random.default_rng(0).standard_normal((30, 5)), 2, random_state=0)
+    ref = solve(np.random.default_rng(0).standard_normal((30, 5)), 2, random_state=0, backend="numpy")
+    np.testing.assert_array_equal(res.signs, ref.signs)
 
 
 @pytest.mark.skipif(HAS_CUPY, reason="CuPy with a GPU is present; the refusal only applies without one")
