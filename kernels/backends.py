@@ -305,8 +305,10 @@ def warm_compiled_loop(background: bool = True) -> threading.Thread | None:
     with _START_LOCK:
         if _LOOP_STATE["thread"] is None:
             def run():
-                if not _cache_is_warm():
-                    _compile_in_child()
+                # The child runs even when the index looks warm: its entries may be another CPU's
+                # (the index is not keyed by CPU), and then this process's load would compile,
+                # holding the interpreter lock for about 30 s.
+                _compile_in_child()
                 _load_loop()
 
             _LOOP_STATE["thread"] = threading.Thread(target=run, name="l1pca-numba-warm", daemon=True)
@@ -327,7 +329,11 @@ def _cache_is_warm() -> bool:
 
 def _compile_in_child():
     try:
-        subprocess.run([sys.executable, "-m", "l1pca.kernels.bitflip_numba"], check=True,
+        # At nice 19, as the JAX compile worker: the compile (about 30 s on 2 cores) yields the
+        # cores to the requests served meanwhile (docs/decisions/0010-background-compiles.md).
+        code = ("import os, runpy; os.nice(19); "
+                "runpy.run_module('l1pca.kernels.bitflip_numba', run_name='__main__')")
+        subprocess.run([sys.executable, "-c", code], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
     except (OSError, subprocess.SubprocessError):
         pass  # _load_loop compiles in this process instead

@@ -160,7 +160,7 @@ def test_an_idle_solver_takes_a_partial_batch_at_once_and_a_busy_one_lets_it_fil
     assert value(m, "l1pca_batch_flushes_total", reason="ahead") == (1 if split else 0)
     assert value(m, "l1pca_batch_flushes_total", reason="delay") == 0
     for (X, K, seed), model in zip(small, models):
-        est = L1PCA(K, random_state=seed, backend="numpy").fit(X)
+        est = L1PCA(K, random_state=seed, backend="numpy", **plain).fit(X)
         np.testing.assert_array_equal(model.components, est.components_)
 
 
