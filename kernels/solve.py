@@ -261,9 +261,10 @@ def _solve_scaled(mats, K, opts: SolveOptions, *, random_state, progress):
         key = program_key(len(idx), shape, K, opts.n_init, opts.warm_start, opts.pair_moves)
         ready = compiled(key)
         name = backends.resolve(opts.backend, method, batch_size=len(idx), compiled=ready,
-                                n_components=K)
+                                n_components=K, n_samples=shape[0])
         if opts.compile == "background" and not ready and backends.resolve(
-                opts.backend, method, batch_size=len(idx), compiled=True, n_components=K) == "jax":
+                opts.backend, method, batch_size=len(idx), compiled=True, n_components=K,
+                n_samples=shape[0]) == "jax":
             # No fit waits on the compiler: this bucket runs on the host now, its program compiles
             # in the background (l1pca.kernels.compile_queue), and later buckets of the shape use it.
             COMPILES.request(key)
@@ -308,9 +309,24 @@ class _Ticker:
             self.callback(self.done, self.total)
 
 
+COMPILED_MAX_ENTRIES = 500_000
+"""From :data:`SCREEN_MIN_SAMPLES` samples on, the compiled loop runs matrices up to this many
+entries and the screened search larger ones: at 1e4 x 100 the screened search took 0.43 s against
+0.67 s (K = 2) and 1.14 s against 2.43 s (K = 3); at 1e4 x 30, 0.71 against 0.46 s; at 16384 x 30,
+73 against 32 ms per start (``bench/results/solver_speed.md``, decision 0011)."""
+
+
+def compiled_loop_wins(n_samples, n_features):
+    """Where ``backend="auto"`` runs the compiled loop rather than a NumPy search."""
+    if n_samples < SCREEN_MIN_SAMPLES:
+        return True
+    return (n_samples < backends.COMPILED_MAX_SAMPLES
+            and n_samples * n_features <= COMPILED_MAX_ENTRIES)
+
+
 def host_search(Y, B0, opts: SolveOptions, xp=np):
-    """One start of L1-BF on NumPy or CuPy. For ``backend="auto"`` on NumPy below
-    :data:`backends.COMPILED_MAX_SAMPLES` samples: the compiled loop
+    """One start of L1-BF on NumPy or CuPy. For ``backend="auto"`` on NumPy where
+    :func:`compiled_loop_wins`: the compiled loop
     (:mod:`l1pca.kernels.bitflip_numba`) where Numba is present and its code loaded
     (:func:`backends.compiled_loop`; ``opts.compile="background"`` never waits for it). Else on
     NumPy from :data:`SCREEN_MIN_SAMPLES` samples the screened search
@@ -320,7 +336,7 @@ def host_search(Y, B0, opts: SolveOptions, xp=np):
     measured in ``docs/decisions/0011-compiled-search-loop.md``."""
     N, K = B0.shape
     cap = opts.max_flips if opts.max_flips is not None else default_max_flips(N, K)
-    if xp is np and opts.backend == "auto" and N < backends.COMPILED_MAX_SAMPLES:
+    if xp is np and opts.backend == "auto" and compiled_loop_wins(N, Y.shape[0]):
         compiled_search = backends.compiled_loop(wait=opts.compile != "background")
         if compiled_search is not None:
             return compiled_search(Y, B0, max_flips=cap, tol=opts.tol, warm_start=opts.warm_start,

@@ -333,12 +333,13 @@ def test_screened_search_takes_the_reference_steps(K, warm, pairs):
     starts = (np.repeat(sign(Y[:1].T), K, axis=1), sign(X @ rng.standard_normal((D, K))))
     for B0 in starts:
         full = bitflip_search(Y, B0, warm_start=warm, pair_moves=pairs, screen=False)
-        fast = host_search(Y, B0, SolveOptions(warm_start=warm, pair_moves=pairs))  # screened
+        # backend="numpy": the screened search, not the compiled loop "auto" would take
+        fast = host_search(Y, B0, SolveOptions(warm_start=warm, pair_moves=pairs, backend="numpy"))
         np.testing.assert_array_equal(fast.signs, full.signs)
         assert (fast.n_flips, fast.converged) == (full.n_flips, full.converged)
         assert fast.value == pytest.approx(full.value, rel=1e-12)
         assert full.n_flips > 20  # the search did real work
-    capped = host_search(Y, B0, SolveOptions(warm_start=warm, pair_moves=pairs, max_flips=5))
+    capped = host_search(Y, B0, SolveOptions(warm_start=warm, pair_moves=pairs, max_flips=5, backend="numpy"))
     assert capped.n_flips == 5 and not capped.converged
 
 
@@ -384,7 +385,7 @@ def test_screened_search_with_pair_moves(K):
     for seed in range(12):
         B0 = sign(X @ np.random.default_rng(seed).standard_normal((6, K)))
         full = bitflip_search(Y, B0, screen=False)
-        fast = host_search(Y, B0, SolveOptions())  # screened
+        fast = host_search(Y, B0, SolveOptions(backend="numpy"))  # screened
         np.testing.assert_array_equal(fast.signs, full.signs)
         assert (fast.n_flips, fast.converged) == (full.n_flips, full.converged)
         moved += bitflip_search(Y, B0, pair_moves=False, screen=False).n_flips != full.n_flips

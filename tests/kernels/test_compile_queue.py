@@ -11,6 +11,10 @@ from l1pca.kernels.compile_queue import COMPILES, CompileQueue, compiled, progra
 from l1pca.kernels.fitting import fit_many
 from l1pca.kernels.solve import bucket_shape, jax_batch_size
 
+# The solver's compile switch, not the detector: the plain fit solves the matrices as given (the
+# detector's first fit would solve 75% of the rows, another bucket).
+PLAIN = dict(support_fraction=None, cell_robust=False)
+
 
 def _problems(count, n, d, seed):
     rng = np.random.default_rng(seed)
@@ -34,12 +38,12 @@ def test_a_fit_never_waits_and_answers_alike_across_the_switch(K):
     events = []
     COMPILES.add_listener(events.append)
     try:
-        before = fit_many(Xs, K, options=opts, seeds=[1, 2, 3])
+        before = fit_many(Xs, K, options=opts, seeds=[1, 2, 3], **PLAIN)
         assert {m.backend for m in before} == {"numpy"}  # ran at once, on the host
         assert key in COMPILES.pending() or compiled(key)
         assert COMPILES.wait_idle(300)
         assert compiled(key)
-        after = fit_many(Xs, K, options=opts, seeds=[1, 2, 3])
+        after = fit_many(Xs, K, options=opts, seeds=[1, 2, 3], **PLAIN)
     finally:
         COMPILES.remove_listener(events.append)
     assert {m.backend for m in after} == {"jax"}
@@ -57,10 +61,11 @@ def test_same_signs_on_numpy_and_on_the_compiled_program_over_many_problems():
     """The host path and the JAX program take the same steps (one step rule): over 24 problems of
     one bucket, the signs and components agree."""
     Xs = _problems(24, 30, 6, seed=9)
-    host = fit_many(Xs, 2, backend="numpy", n_init=4, seeds=list(range(24)))
+    host = fit_many(Xs, 2, backend="numpy", n_init=4, seeds=list(range(24)), **PLAIN)
     COMPILES.request(program_key(24, bucket_shape(30, 6), 2, 4))
     assert COMPILES.wait_idle(300)
-    jx = fit_many(Xs, 2, backend="jax", n_init=4, seeds=list(range(24)), compile="background")
+    jx = fit_many(Xs, 2, backend="jax", n_init=4, seeds=list(range(24)), compile="background",
+                  **PLAIN)
     assert {m.backend for m in jx} == {"jax"}
     for a, b in zip(host, jx):
         np.testing.assert_allclose(b.components, a.components, atol=1e-9)
@@ -106,14 +111,16 @@ use_compile_cache({str(tmp_path / 'cache')!r})
 from l1pca.kernels import compile_queue as cq
 from l1pca.kernels.fitting import fit_many
 X = np.random.default_rng(0).standard_normal((40, 6))
-host = fit_many([X], 2, backend="jax", seeds=[0], n_init=4, compile="background")[0]
+host = fit_many([X], 2, backend="jax", seeds=[0], n_init=4, compile="background",
+                support_fraction=None, cell_robust=False)[0]
 assert host.backend == "numpy"
 assert cq.COMPILES.wait_idle(300) and not cq.COMPILES.failed
 worker = next(iter(cq._WORKERS.values()))
 assert worker.proc is not None and worker.proc.poll() is None  # the compile ran there
 import os
 assert os.getpriority(os.PRIO_PROCESS, worker.proc.pid) == 19
-jx = fit_many([X], 2, backend="jax", seeds=[0], n_init=4, compile="background")[0]
+jx = fit_many([X], 2, backend="jax", seeds=[0], n_init=4, compile="background",
+              support_fraction=None, cell_robust=False)[0]
 assert jx.backend == "jax"
 np.testing.assert_allclose(jx.components, host.components, atol=1e-9)
 cq.close_workers()
