@@ -120,7 +120,8 @@ def _fit_same_k(mats, K, options, center, rngs, seeds, contamination, support_fr
             c = center_of(X, center)
             res = solve(X - c, K, method=o.method, n_init=o.n_init, backend=o.backend,
                         max_flips=o.max_flips, tol=o.tol, warm_start=o.warm_start,
-                        pair_moves=o.pair_moves, random_state=rng, devices=devices, progress=progress)
+                        pair_moves=o.pair_moves, n_agree=o.n_agree, random_state=rng, devices=devices,
+                        progress=progress)
             fits.append(DetectorFit(center=c, components=res.components,
                                     support=np.ones(X.shape[0], dtype=bool), n_csteps=0,
                                     n_flips=res.n_flips, converged=res.converged, backend=res.backend,
