@@ -38,11 +38,12 @@ test-fast: $(STAMP) deploy-tools
 	$(PY) -m pytest -q -m "not slow and not image"
 
 # The solver suite (docs/benchmarks.md): exact-hit rates, fit time beside scikit-learn and batched
-# throughput, the sharded solver on 8 simulated devices; about 15 minutes on 2 cores. Each script
-# rewrites its report, bench/results/{optimality,solver_speed,sharded}.md.
+# throughput, small fits, the sharded solver on 8 simulated devices; about 30 minutes on 2 cores. Each
+# script rewrites its report, bench/results/{optimality,solver_speed,small_fits,sharded}.md.
 bench: $(STAMP)
 	$(PY) bench/optimality.py
 	$(PY) bench/solver_speed.py --preset session
+	$(PY) bench/small_fits.py
 	$(PY) bench/sharded.py
 
 # The gRPC service on 127.0.0.1:50051, metrics on 127.0.0.1:9464 (flags: SERVE_ARGS='--port 6000').
