@@ -291,10 +291,18 @@ def _fit_sharded(path, args, out):
         proj[a:a + len(block)] = Xc @ Q
         scores[a:a + len(block)] = scoring.sample_scores(scoring.residuals(block, center, Q))
     proj.flush()
-    threshold = scoring.robust_threshold(scores, contamination=_contamination(args.contamination))
-    return Model(components=Q.T, center=center, threshold=threshold, method="bitflip",
+    # The plain fit's model, as fit_many(devices=...) makes it: the outlier map from the streamed
+    # scores and distances (no cell scales: the detector's steps need the matrix in memory).
+    scales = scoring.map_scales(proj, scores)
+    score_cutoff, contamination = 1.0, _contamination(args.contamination)
+    if contamination != "auto":
+        ranked = np.maximum(np.sqrt(((proj / scales.score_scales) ** 2).sum(axis=1)) / scales.sd_cutoff,
+                            scores / scales.od_cutoff)
+        score_cutoff = float(np.quantile(ranked, 1.0 - contamination))
+    return Model(components=Q.T, center=center, threshold=scales.od_cutoff, method="bitflip",
                  objective=res.objective, n_samples=X.shape[0], backend=res.backend,
-                 n_flips=res.n_flips, converged=res.converged)
+                 n_flips=res.n_flips, converged=res.converged, score_scales=scales.score_scales,
+                 sd_cutoff=scales.sd_cutoff, od_cutoff=scales.od_cutoff, score_cutoff=score_cutoff)
 
 
 def _write_json(path, obj):

@@ -6,9 +6,9 @@ With centre c and orthonormal basis Q (n_features x K), a sample's residual is
 The outlier map (:func:`fit_outlier_map`, :func:`outlier_map`; Hubert, Rousseeuw & Vanden Branden
 2005, ROBPCA) scores a sample twice: its score distance (SD) within the subspace, with robust
 per-component scales, and its OD, each with its own cutoff, and sorts samples into four groups;
-``max(SD / SD cutoff, OD / OD cutoff)`` ranks them. The detector (:mod:`l1pca.kernels.detection`)
-scores cells; :func:`robust_threshold` is the simple rule on one score that the CLI's streamed
-``--devices`` path uses, where the map's training pass is not kept.
+``max(SD / SD cutoff, OD / OD cutoff)`` ranks them; :func:`map_scales` learns the scales from
+scores and distances alone (the CLI's streamed ``--devices`` fit). The detector
+(:mod:`l1pca.kernels.detection`) scores cells.
 
 Cutoffs never use the mean and standard deviation of data that contain the outliers: medians,
 MADs (times 1.4826, a consistent estimate of the standard deviation for Gaussian scores),
@@ -19,13 +19,11 @@ computing for each exactly what it computes for that problem alone.
 """
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
 from .errors import InputError
-from .options import check_contamination
 
 MAD_SCALE = 1.4826
 
@@ -51,31 +49,6 @@ def residuals(X, center, components):
 def sample_scores(R):
     """Distance of each sample from the subspace: the row norms of the residual matrix."""
     return np.sqrt((R * R).sum(axis=-1))
-
-
-def robust_threshold(scores, *, contamination="auto", n_mad=3.0):
-    """Score above which a sample is called an outlier.
-
-    Parameters
-    ----------
-    scores : ndarray (n_samples,) or (..., n_samples)
-        Training scores (:func:`sample_scores`); a stack gives one threshold per problem (an array).
-    contamination : "auto" or float in (0, 0.5]
-        "auto": median + ``n_mad`` scaled MADs; a float: that upper quantile of the scores.
-    n_mad : float
-        Width of the "auto" rule in robust standard deviations.
-    """
-    contamination = check_contamination(contamination)
-    if not (isinstance(n_mad, numbers.Real) and n_mad > 0):
-        raise InputError(f"n_mad={n_mad!r} must be a positive number")
-    scores = np.asarray(scores, dtype=np.float64)
-    if contamination == "auto":
-        med = np.median(scores, axis=-1, keepdims=True)
-        mad = np.median(np.abs(scores - med), axis=-1)
-        out = med[..., 0] + n_mad * MAD_SCALE * mad
-    else:
-        out = np.quantile(scores, 1.0 - contamination, axis=-1)
-    return float(out) if out.ndim == 0 else out
 
 
 # -- the outlier map ---------------------------------------------------------------------------------
@@ -117,25 +90,29 @@ def _scores_and_od(X, center, components):
 
 def fit_outlier_map(X, center, components) -> OutlierMapScales:
     """The outlier map's scales and cutoffs from training samples X (n, d), the centre and the
-    basis (d, K).
+    basis (d, K) (:func:`map_scales` of their scores and orthogonal distances)."""
+    return map_scales(*_scores_and_od(X, center, components))
+
+
+def map_scales(T, od) -> OutlierMapScales:
+    """The outlier map's scales and cutoffs from the training scores T (n, K) and orthogonal
+    distances od (n,) (a streamed fit computes them block by block).
 
     * Score scales: ``l_k = 1.4826 * median(|t_k - median(t_k)|)`` for each component's scores
       ``t_k``; never the standard deviation, which outliers inflate. A zero scale (more than half
       the scores equal) is replaced by the smallest positive one, or 1.
     * SD cutoff: ``sqrt(chi2_K(0.99))``.
-    * OD cutoff (Wilson-Hilferty): with ``m`` and ``s`` the median and the scaled MAD of
-      ``OD^(2/3)``, ``(m + s z_0.99)^(3/2)``.
+    * OD cutoff (Wilson-Hilferty): :func:`fit_od_cutoff`.
     """
     from scipy.stats import chi2
 
-    T, od = _scores_and_od(X, center, components)
+    T = np.asarray(T, dtype=np.float64)
     med = np.median(T, axis=0)
     scales = MAD_SCALE * np.median(np.abs(T - med), axis=0)
     positive = scales[scales > 0]
     scales = np.where(scales > 0, scales, positive.min() if positive.size else 1.0)
-    K = components.shape[1]
-    sd_cutoff = float(np.sqrt(chi2.ppf(OUTLIER_MAP_QUANTILE, K)))
-    return OutlierMapScales(scales, sd_cutoff, fit_od_cutoff(od))
+    sd_cutoff = float(np.sqrt(chi2.ppf(OUTLIER_MAP_QUANTILE, T.shape[1])))
+    return OutlierMapScales(scales, sd_cutoff, fit_od_cutoff(np.asarray(od, dtype=np.float64)))
 
 
 def fit_od_cutoff(od):

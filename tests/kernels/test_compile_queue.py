@@ -3,6 +3,8 @@ JAX program is not compiled runs on NumPy at once, its program compiles in a wor
 next bucket of the shape runs on JAX, with the same answer."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -76,7 +78,10 @@ def test_the_queue_compiles_each_key_once_in_order_and_reports_failures():
     # Keys no real program has (buckets are powers of two >= 8), whatever other tests compiled.
     a, b, bad, c = ((1, rows, 8, 1, 8, True, True) for rows in (3, 5, 7, 11))
 
+    release = threading.Event()
+
     def fake_compile(key):  # stands for XLA: the queue's own logic is what is tested here
+        release.wait(10)  # held until the duplicate request below (else b may be done by then)
         if key == bad:
             raise RuntimeError("no such program")
         done.append(key)
@@ -86,6 +91,7 @@ def test_the_queue_compiles_each_key_once_in_order_and_reports_failures():
     q.add_listener(events.append)
     assert q.request(a) and q.request(b) and q.request(bad)
     assert not q.request(b)  # queued already
+    release.set()
     assert q.wait_idle(10)
     assert done == [a, b]
     assert q.failed == {bad: "RuntimeError: no such program"}

@@ -70,7 +70,8 @@ def test_cli_devices_all_on_a_memory_mapped_file(tmp_path):
     assert summary["backend"] == "jax" and summary["n_samples"] == 2000
     from l1pca.kernels import L1PCA
 
-    est = L1PCA(2, center="mean", random_state=0).fit(X)
+    # --devices fits the plain problem (the detector's steps need the matrix in memory).
+    est = L1PCA(2, center="mean", random_state=0, support_fraction=None, cell_robust=False).fit(X)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "components.npy"), est.components_, atol=1e-9)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "projections.npy"), est.transform(X), atol=1e-7)
     assert summary["threshold"] == pytest.approx(est.threshold_, rel=1e-9)
@@ -98,7 +99,7 @@ def test_two_process_job_on_loopback(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     from l1pca.kernels import L1PCA
 
-    est = L1PCA(2, center="mean", random_state=0).fit(X)
+    est = L1PCA(2, center="mean", random_state=0, support_fraction=None, cell_robust=False).fit(X)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "components.npy"), est.components_, atol=1e-9)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["objective"] == pytest.approx(est.objective_, rel=1e-12)
@@ -121,8 +122,12 @@ def test_service_routes_large_fits_to_the_sharded_solver(serve_process):
             got_big = client.fit(big, 2, seed=3)
             got_small = client.fit(small, 2, seed=3)
         assert value(scrape(metrics_port), "l1pca_sharded_fits_total") == 1
-        for X, got in ((big, got_big), (small, got_small)):
-            ref = fit_many([X], 2, seeds=[3], backend="numpy")[0]
+        # The sharded solver fits the plain problem (the model says so); the batched path the
+        # detector's robust fit.
+        assert got_big.support_fraction is None and not got_big.cell_robust
+        for X, got, plain in ((big, got_big, True), (small, got_small, False)):
+            options = dict(support_fraction=None, cell_robust=False) if plain else {}
+            ref = fit_many([X], 2, seeds=[3], backend="numpy", **options)[0]
             np.testing.assert_allclose(got.components, ref.components, atol=1e-9)
             assert got.objective == pytest.approx(ref.objective, rel=1e-12)
     finally:
