@@ -33,7 +33,7 @@ import numpy as np
 from ._validation import check_n_components
 from .options import SolveOptions
 from .reduce import procrustes, search_data, sign
-from .scoring import MAD_SCALE, center_of
+from .scoring import MAD_SCALE, center_of, fit_od_cutoff
 
 CELL_CUTOFF = 2.5758293035489004
 """``sqrt(chi2_1(0.99))``: a cell whose standardised value or residual exceeds it is flagged (DDC's
@@ -158,15 +158,6 @@ def subspace_distance(Q1, Q2):
     """Sine of the largest principal angle between the spans of Q1 and Q2 (orthonormal, d x K)."""
     s = np.linalg.svd(Q1.T @ Q2, compute_uv=False)
     return float(np.sqrt(max(0.0, 1.0 - float(s.min()) ** 2)))
-
-
-def spherical_basis(Xc, n_axes):
-    """The first ``n_axes`` right singular vectors of the rows scaled to unit length (zero rows
-    stay zero): spherical PCA, a start no single row can pull."""
-    norms = np.sqrt((Xc * Xc).sum(axis=1))
-    U = Xc / np.where(norms > 0, norms, 1.0)[:, None]
-    _, _, Vt = np.linalg.svd(U, full_matrices=False)
-    return Vt[:n_axes].T
 
 
 OUTLYINGNESS_DIRECTIONS = 250
@@ -303,7 +294,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
                 cf = cell_residuals(X, c, Q, s_res, cell_center=loc, cell_scale=scl)
                 Xw = np.where(cf.flags, c + cf.scores @ Q.T, X)
                 capped = np.sqrt(((s_res * np.minimum(np.abs(cf.z), CELL_CUTOFF)) ** 2).sum(axis=1))
-                eligible = capped <= _od_cutoff(capped)
+                eligible = capped <= fit_od_cutoff(capped)
                 if int(eligible.sum()) < int(S.sum()):
                     eligible[:] = True  # too many to set aside: the support's trimming does it
                 refit = True  # the data changed: fit them at least once
@@ -326,7 +317,7 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
             # Reweighting (ROBPCA's last step): the h-subset holds the rows nearest the fit, which
             # biases it toward itself on clean data; refit on every row within the OD cutoff.
             od = orthogonal_distance(X - c, Q)
-            keep = eligible & (od <= _od_cutoff(od[eligible]))
+            keep = eligible & (od <= fit_od_cutoff(od[eligible]))
             if keep.sum() > K and not np.array_equal(keep, S):
                 S = keep
                 c = center_of(Xw[S], center)
@@ -335,12 +326,6 @@ def fit_detectors(mats, K, opts: SolveOptions, *, center, rngs, support_fraction
         fits.append(DetectorFit(center=c, components=Q, support=S, n_csteps=steps, n_flips=flips,
                                 converged=conv, backend=res.backend, cell_center=loc, cell_scale=scl))
     return fits
-
-
-def _od_cutoff(od):
-    from .scoring import fit_od_cutoff
-
-    return fit_od_cutoff(od)
 
 
 def _smallest(values, h):
