@@ -1,7 +1,9 @@
-"""L1-BF in JAX: the rules of :mod:`l1pca.kernels.bitflip`, jitted, batched over starts and problems.
+"""L1-BF in JAX: the rules of :mod:`l1pca.kernels.bitflip`, jitted, batched over problems.
 
 Small pure functions; the only ``jit`` is :func:`solve_bucket`, the edge the dispatcher calls with a
-stack of equal-shaped problems. One search's step (:func:`_flip_step`, :func:`_pair_step`) is written
+stack of equal-shaped problems. Its starts run one after another in a ``scan`` (each restart starts
+from the best optimum so far, :mod:`l1pca.kernels.starts`), every problem of the bucket a lane of
+each. One search's step (:func:`_flip_step`, :func:`_pair_step`) is written
 for one start and ``vmap``-ed over lanes (problems x starts); the loops around it are written for the
 whole bucket (:func:`search_lanes`), so that they can move the searches still running into smaller
 lane arrays as the others end (:func:`_flip_loop`): ``vmap`` of a ``while_loop`` would step every
@@ -36,8 +38,8 @@ from .flip_rule import (
     step_outcome,
     sweep_mask,
 )
-from .reduce import iter_starts, search_data
-from .starts import best_kept
+from .reduce import l2_start_matrix, search_data
+from .starts import RESTART_STEP, best_kept, improves, next_step, restart_start
 
 # Buckets (batch, rows, cols, K, starts, warm_start, pair_moves) compiled in this process. jit keeps
 # its own cache; this mirror of it lets backend="auto" prefer JAX where no compile is pending,
@@ -332,20 +334,38 @@ def search_lanes(Y, B0, max_flips, tol, warm_start: bool, pair_moves: bool):
     return out.B, gram_nuclear(jnp.einsum("bsdk,bsdl->bskl", A, A), jnp), out.n_flips, out.converged
 
 
-def _prepare(X, G):
-    """One problem's search data and starts (:func:`l1pca.kernels.reduce.iter_starts`), stacked."""
-    Y, l2 = search_data(X, jnp)
-    return Y, jnp.stack(list(iter_starts(X, l2, G, jnp)))
-
-
 @functools.partial(jax.jit, static_argnames=("warm_start", "pair_moves"))
 def _solve_bucket_jit(X, G, max_flips, tol, warm_start, pair_moves, n_agree):
-    Y, starts = jax.vmap(_prepare)(X, G)
-    B, val, flips, conv = search_lanes(Y, starts, max_flips, tol, warm_start, pair_moves)
+    Y, l2 = jax.vmap(lambda Xi: search_data(Xi, jnp))(X)
+    K = G.shape[-1]
+    first = jax.vmap(lambda s: l2_start_matrix(s, K, jnp))(l2)  # (b, N, K)
+    restart = jax.vmap(lambda Xi, Bi, gi, si: restart_start(Xi, Bi, gi, si, jnp))
+
+    # The starts run in order (l1pca.kernels.starts): the L2-PCA start, then one restart from the
+    # best so far per draw, all problems of the bucket as lanes of one search. One search in the
+    # scan body, so the program holds one copy of the search loop.
+    def one_start(carry, xs):
+        best_B, best_val, step = carry
+        s, g = xs
+        B0 = jnp.where(s == 0, first, restart(X, best_B, g, step))
+        B, val, flips, conv = search_lanes(Y, B0[:, None], max_flips, tol, warm_start, pair_moves)
+        B, val = B[:, 0], val[:, 0]
+        better = jnp.logical_or(s == 0, improves(val, best_val, jnp))
+        carry = (jnp.where(better[:, None, None], B, best_B), jnp.where(better, val, best_val),
+                 jnp.where(s == 0, step, next_step(step, better, jnp)))
+        return carry, (B, val, flips[:, 0], conv[:, 0])
+
+    b = X.shape[0]
+    slot0 = jnp.zeros((b, 1, *G.shape[2:]), G.dtype)  # the L2 start draws nothing
+    draws = jnp.concatenate([slot0, G], axis=1)  # (b, S, D, K)
+    init = (first, jnp.full((b,), -jnp.inf), jnp.full((b,), RESTART_STEP))
+    _, (B, val, flips, conv) = lax.scan(one_start, init,
+                                        (jnp.arange(draws.shape[1]), jnp.swapaxes(draws, 0, 1)))
+    B, val, flips, conv = (jnp.swapaxes(a, 0, 1) for a in (B, val, flips, conv))  # (b, S, ...)
     # Every start ran; keep the ones the NumPy loop would have run (l1pca.kernels.starts) and the
-    # first of the best among them. n_agree is traced: it does not enter the compile key.
+    # best among them. n_agree is traced: it does not enter the compile key.
     best, kept = best_kept(val, n_agree, jnp)
-    pick = jnp.arange(X.shape[0])
+    pick = jnp.arange(b)
     ran = jnp.arange(val.shape[1])[None, :] < kept[:, None]
     return (B[pick, best], val[pick, best], jnp.sum(jnp.where(ran, flips, 0), axis=1),
             conv[pick, best], kept)
@@ -359,7 +379,7 @@ def solve_bucket(X, G, *, max_flips, tol, warm_start=True, pair_moves=True, n_ag
     X : ndarray (b, N, D)
         Problems, zero-padded to a common shape.
     G : ndarray (b, n_init - 1, D, K)
-        Gaussian draws for the random starts (zero rows for padded features).
+        Gaussian draws for the restarts (zero rows for padded features).
     max_flips : int
         Flip cap per start (the largest of the problems' own caps).
     n_agree : int, default=0

@@ -79,20 +79,12 @@ def l2_start_matrix(signs, n_components, xp=np):
 
 
 def start_matrix(X, l2_signs, g, xp=np):
-    """One start of L1-BF as an N x K sign matrix, the one rule every search builds its starts by:
-    the L2-PCA start (:func:`l2_start_matrix` of ``l2_signs``) when ``l2_signs`` is given, else the
-    random start ``sgn(X g)`` for a Gaussian draw ``g`` (D x K)."""
+    """One start of L1-BF as an N x K sign matrix: the L2-PCA start (:func:`l2_start_matrix` of
+    ``l2_signs``) when ``l2_signs`` is given, else ``sgn(X g)`` for a direction ``g`` (D x K; a
+    restart's, :func:`l1pca.kernels.starts.restart_direction`)."""
     if l2_signs is not None:
         return l2_start_matrix(l2_signs, g.shape[-1], xp)
     return sign(X @ g, xp)
-
-
-def iter_starts(X, l2_signs, G, xp=np):
-    """Every start of one problem, in order: the L2-PCA start, then ``sgn(X g)`` for each draw g of
-    ``G`` (n_init - 1, D, K). A generator, so the NumPy search holds one N x K start at a time."""
-    yield start_matrix(X, l2_signs, G[0] if G.shape[0] else xp.zeros(G.shape[1:]), xp)
-    for s in range(G.shape[0]):
-        yield start_matrix(X, None, G[s], xp)
 
 
 def sign(a, xp=np):

@@ -50,6 +50,7 @@ from .flip_rule import (
     sweep_mask,
 )
 from .reduce import l2_start, sign, start_matrix
+from .starts import RESTART_STEP, improves, next_step, restart_direction
 
 AXIS = "samples"
 _CHUNK_ROWS = 1 << 16  # rows read from a memory map per step when a shard is built
@@ -260,7 +261,8 @@ def _pair_step(Y_l, g_l, max_flips, tol, state: ShardState) -> ShardState:
 
 
 def _search_local(X_l, g, max_flips, tol, *, warm_start, pair_moves, use_l2):
-    """One start, per shard. ``g`` (D, K): the Gaussian draw of a random start (unused for L2)."""
+    """One start, per shard: ``sgn(X g)`` for g (D, K) (a restart's direction, computed by the
+    caller), or the L2-PCA start (g unused)."""
     Y_l = _reduce(X_l)
     B = start_matrix(X_l, l2_start(Y_l, jnp) if use_l2 else None, g, jnp)
     A = lax.psum(Y_l @ B, AXIS)
@@ -313,18 +315,27 @@ def search_sharded(Xs, n_rows, n_components, G, *, mesh, max_flips, tol, warm_st
     D = Xs.shape[1]
     if Xs.shape[0] < D:
         raise InputError(f"the sharded path needs n_samples >= n_features; got {n_rows} x {D}")
-    best, flips = None, 0
+    best, flips, step = None, 0, RESTART_STEP
     with jax.enable_x64(True):
         args = (jnp.asarray(max_flips, jnp.int32), jnp.asarray(tol, jnp.float64))
-        starts = [(True, np.zeros((D, K)))] + [(False, g) for g in G]
-        for use_l2, g in starts:
-            run = _search_program(mesh, bool(warm_start), bool(pair_moves), use_l2)
-            B, val, nf, conv = run(Xs, jnp.asarray(g, jnp.float64), *args)
+        xtb, l1 = _reductions(mesh)
+        # The starts of l1pca.kernels.starts in order: the L2-PCA start, then a restart from the
+        # best so far per draw; a restart is a "random" start sgn(X h) whose h the host computes
+        # from X^T B of the best (a D x K sum over the shards).
+        for s in range(len(G) + 1):
+            run = _search_program(mesh, bool(warm_start), bool(pair_moves), best is None)
+            h = np.zeros((D, K)) if best is None else restart_direction(
+                np.asarray(xtb(Xs, best[0])), np.asarray(G[s - 1], np.float64), step)
+            B, val, nf, conv = run(Xs, jnp.asarray(h, jnp.float64), *args)
             val = float(val)
             flips += int(nf)
-            if best is None or val > best[1]:
+            if best is None:
                 best = (B, val, bool(conv))
-        xtb, l1 = _reductions(mesh)
+            else:
+                better = bool(improves(val, best[1]))
+                step = float(next_step(step, better))
+                if better:
+                    best = (B, val, bool(conv))
         B = best[0]
         M = np.asarray(xtb(Xs, B))
     return _to_host(B)[:n_rows], M, flips, best[2], functools.partial(_column_l1, l1, Xs)

@@ -21,8 +21,8 @@ from .errors import InputError
 from .exact import exact_search
 from .flip_rule import default_max_flips
 from .options import DEFAULT_N_AGREE, DEFAULT_N_INIT, DEFAULT_TOL, MAX_CANDIDATES, SolveOptions
-from .reduce import iter_starts, procrustes, reduce_rank, search_data, sign
-from .starts import agreed
+from .reduce import l2_start_matrix, procrustes, reduce_rank, search_data, sign
+from .starts import RESTART_STEP, agreed, improves, next_step, restart_start
 
 MIN_BUCKET = 8
 """Smallest padded size of a shape bucket (rows and columns) on the batched JAX path."""
@@ -97,12 +97,13 @@ def solve(X, n_components=1, *, method="bitflip", n_init=DEFAULT_N_INIT, backend
         problems (see :mod:`l1pca.kernels.exact`). ``l2``: SVD. ``fixed-point``: Kwak 2008, greedy.
         ``non-greedy``: Nie et al. 2011.
     n_init : int, default=8
-        L1-BF starts: the L2-PCA sign start, then ``sgn(X g)`` for Gaussian g; the best is kept
-        (fewer run with ``n_agree``).
+        L1-BF starts: the L2-PCA sign start, then restarts from the best optimum so far, each
+        perturbed by a Gaussian draw g (:mod:`l1pca.kernels.starts`); the best is kept (fewer run
+        with ``n_agree``).
     backend : {"auto", "numpy", "jax", "cupy"}, default="auto"
         Where L1-BF runs; the other methods run on NumPy.
     random_state : None, int or numpy.random.Generator
-        Seeds the random starts.
+        Seeds the restarts' draws.
     max_flips : int, optional
         Flip cap per start (default ``20 N K + 1000``); ``converged`` reports when it was hit.
     tol : float, default=1e-9
@@ -349,20 +350,29 @@ def host_search(Y, B0, opts: SolveOptions, xp=np):
 
 
 def _bitflip_host(X, G, K, opts: SolveOptions, name, tick):
-    """Every start on NumPy, or the same body on CuPy arrays; the best one kept."""
+    """Every start on NumPy, or the same body on CuPy arrays, in order: the L2-PCA start, then a
+    restart from the best so far for each draw of G (:mod:`l1pca.kernels.starts`); the best kept."""
     if name == "cupy":
         import cupy as xp
     else:
         xp = np
     Xd = xp.asarray(X)
+    Gd = xp.asarray(G)
     Y, l2 = search_data(Xd, xp)
-    best, flips, values = None, 0, []
-    for B0 in iter_starts(Xd, l2, xp.asarray(G), xp):
+    best, flips, values, step = None, 0, [], RESTART_STEP
+    for s in range(G.shape[0] + 1):
+        B0 = l2_start_matrix(l2, K, xp) if best is None else restart_start(Xd, best.signs, Gd[s - 1],
+                                                                          step, xp)
         res = host_search(Y, B0, opts, xp)
         flips += res.n_flips
         tick()
-        if best is None or res.value > best.value:
+        if best is None:
             best = res
+        else:
+            better = bool(improves(res.value, best.value))
+            step = float(next_step(step, better))
+            if better:
+                best = res
         values.append(res.value)
         if agreed(values, opts.n_agree):  # the starts not run count as done for the progress bar
             tick(G.shape[0] + 1 - len(values))
