@@ -9,7 +9,8 @@ round in a rotating order, medians):
   against today's batched JAX call (``solve_batch(..., backend="jax")`` after its compile), per fit
   (target: at least as fast), three rounds of each;
 * 569 x 30, K = 3 (``load_breast_cancer``) default fit against ``PCA(3).fit`` (target: within
-  10x), on the raw data (what ``solve`` gets) and median-centred (what ``L1PCA`` fits).
+  10x), on the raw data (what ``solve`` gets) and median-centred (what ``L1PCA`` fits); and the
+  estimator's whole default ``L1PCA(3).fit`` (centring and the robust detector) and its plain fit.
 
 Prints a table and writes ``bench/results/small_fits.md`` (``--out``). ``--gpu`` adds the batch on
 JAX and the lone fits on CuPy where a GPU is usable (``bench/gpu_check.sh``).
@@ -78,6 +79,16 @@ def run(batch, repeats, gpu):
         pca3, fit = side_by_side([lambda Xb=Xb: PCA(3).fit(Xb), lambda Xb=Xb: solve(Xb, 3, random_state=0)],
                                  max(3, repeats // 2))
         rows.append((f"569 x 30, K=3 ({name})", "PCA(3).fit", pca3, "solve (auto)", fit, 10.0))
+    # What a user of the estimator gets by default: median centring, then the robust detector
+    # (docs/decisions/0013-robust-detection.md); and the paper's plain fit through the estimator.
+    from l1pca.kernels import L1PCA
+
+    for name, est in (("L1PCA(3).fit (default: robust)", lambda: L1PCA(3, random_state=0)),
+                      ("L1PCA(3, plain).fit", lambda: L1PCA(3, random_state=0, support_fraction=None,
+                                                             cell_robust=False))):
+        pca3, fit = side_by_side([lambda: PCA(3).fit(data), lambda est=est: est().fit(data)],
+                                 max(3, repeats // 2))
+        rows.append(("569 x 30, K=3 (raw)", "PCA(3).fit", pca3, name, fit, None))
     return rows
 
 
