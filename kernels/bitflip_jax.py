@@ -4,7 +4,7 @@ Small pure functions; the only ``jit`` is :func:`solve_bucket`, the edge the dis
 stack of equal-shaped problems. Its starts run one after another in a ``scan`` (each restart starts
 from the best optimum so far, :mod:`l1pca.kernels.starts`), every problem of the bucket a lane of
 each. One search's step (:func:`_flip_step`, :func:`_pair_step`) is written
-for one start and ``vmap``-ed over lanes (problems x starts); the loops around it are written for the
+for one start and ``vmap``-ed over lanes (the bucket's problems); the loops around it are written for the
 whole bucket (:func:`search_lanes`), so that they can move the searches still running into smaller
 lane arrays as the others end (:func:`_flip_loop`): ``vmap`` of a ``while_loop`` would step every
 lane until the slowest search ends. Outside ``vmap``, a ``switch`` on a lane count runs one branch.
