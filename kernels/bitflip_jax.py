@@ -350,7 +350,7 @@ def _solve_bucket_jit(X, G, max_flips, tol, warm_start, pair_moves, n_agree):
         B0 = jnp.where(s == 0, first, restart(X, best_B, g, step))
         B, val, flips, conv = search_lanes(Y, B0[:, None], max_flips, tol, warm_start, pair_moves)
         B, val = B[:, 0], val[:, 0]
-        better = jnp.logical_or(s == 0, improves(val, best_val, jnp))
+        better = jnp.logical_or(s == 0, improves(val, best_val))
         carry = (jnp.where(better[:, None, None], B, best_B), jnp.where(better, val, best_val),
                  jnp.where(s == 0, step, next_step(step, better, jnp)))
         return carry, (B, val, flips[:, 0], conv[:, 0])

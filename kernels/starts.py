@@ -74,7 +74,7 @@ def restart_start(X, B_best, g, step, xp=np):
     return sign(X @ restart_direction(X.T @ B_best, g, step, xp), xp)
 
 
-def improves(value, best, xp=np):
+def improves(value, best):
     """Whether a start's objective ``value`` beats the best so far by more than :data:`AGREE_RTOL`
     of it (the same decision on every backend, whose objectives differ by rounding)."""
     return value > best * (1.0 + AGREE_RTOL)
@@ -117,7 +117,7 @@ def best_after_each(values, xp=np):
     top = values[..., 0]
     out = [idx]
     for s in range(1, S):
-        better = improves(values[..., s], top, xp)
+        better = improves(values[..., s], top)
         idx = xp.where(better, s, idx)
         top = xp.where(better, values[..., s], top)
         out.append(idx)
